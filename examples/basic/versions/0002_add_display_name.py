@@ -1,0 +1,20 @@
+"""add accounts.display_name
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("accounts", sa.Column("display_name", sa.Text, nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("accounts", "display_name")

@@ -1,0 +1,67 @@
+"""The artifacts directory: files readable by the owner only, written as the run goes so that
+a runner killed mid-migration still leaves behind what `recover` needs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UsageError
+
+RUN_FILE = "run.json"
+
+
+class Artifacts:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.directory / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(
+                f"artifacts directory {self.directory} is not writable: {exc.strerror}") from None
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        # Created 0600 from the start: never world-readable, not even for an instant.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+        return path
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def find_run_dirs(location: Path) -> list[Path]:
+    """Run directories at `location`: itself if it holds run.json, else its children, newest last."""
+    if (location / RUN_FILE).is_file():
+        return [location]
+    if not location.is_dir():
+        return []
+    runs = [child for child in location.iterdir() if (child / RUN_FILE).is_file()]
+    return sorted(runs, key=lambda p: ((p / RUN_FILE).stat().st_mtime, p.name))
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((run_dir / RUN_FILE).read_text())
+    return data
+
+
+def write_termination_log(path: Path, line: str) -> None:
+    """Kubernetes shows this file as the container's termination message."""
+    try:
+        if path.exists() and os.access(path, os.W_OK) or (
+                not path.exists() and os.access(path.parent, os.W_OK)):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(line[:4000] + "\n")
+    except OSError:
+        pass  # best effort: never let the summary line change the outcome

@@ -1,0 +1,229 @@
+"""`safe-migrate upgrade [TARGET]`: the deploy job."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import alembic
+import psycopg
+
+from runner import __version__
+from runner.artifacts import Artifacts, write_termination_log
+from runner.db.migrate import Database, MigrationRecord, Migrator
+from runner.errors import ExitCode, PartialApplyError, PreflightError, SafeMigrateError
+from runner.lifecycle import embedded_database, interruptible
+from runner.logging import get_logger
+from runner.planning.history import check_target, load_history
+from runner.project import Project, load_project
+from runner.recovery import plan as recovery
+from runner.recovery.leftovers import find_leftovers
+from runner.schema import snapshot
+from runner.settings import Settings
+from runner.urls import mask
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", default="heads",
+                        help="revision to upgrade to (default: heads)")
+
+
+def run(settings: Settings, _: argparse.Namespace) -> int:
+    log = get_logger().bind(run_id=settings.run_id)
+    artifacts = Artifacts(settings.artifacts_dir)
+    artifacts.prepare()
+    project = load_project(settings)
+    config_hint = str(settings.config_file)
+    log.info("run.start", command="upgrade", target=settings.target, version=__version__,
+             config=config_hint, artifacts_dir=str(settings.artifacts_dir))
+    try:
+        history = load_history(project.script, config_hint=config_hint)
+        expected = check_target(history, settings.target, config_hint=config_hint)
+    except PreflightError as exc:
+        log.error("preflight.failed", reason=exc.message)
+        raise
+    pg_dump = snapshot.find_pg_dump(settings.pg_dump) if settings.schema_diff else None
+    with embedded_database(settings, project, log), interruptible(log) as interrupted:
+        job = UpgradeJob(settings, project, artifacts, log, pg_dump, interrupted)
+        job.migrator = Migrator(project, settings, history, settings.target, log=log,
+                                interrupted=interrupted, hooks=job)
+        return job.execute(list(expected))
+
+
+class UpgradeJob:
+    """One upgrade run: drives the Migrator, snapshots, verification, artifacts."""
+
+    migrator: Migrator
+
+    def __init__(self, settings: Settings, project: Project, artifacts: Artifacts, log: Any,
+                 pg_dump: Path | None, interrupted: threading.Event) -> None:
+        self.settings = settings
+        self.project = project
+        self.artifacts = artifacts
+        self.log = log
+        self.pg_dump = pg_dump
+        self.interrupted = interrupted
+        self.started = datetime.now(timezone.utc)
+        self.before: str | None = None
+        self.pre_step: dict[str, str] = {}
+        self.db: Database | None = None
+        self.side: psycopg.Connection[Any] | None = None
+
+    # -- Hooks for the Migrator --------------------------------------------------------------
+    def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
+        self.db, self.side = db, side
+        if self.pg_dump is not None:
+            # Before anything changes: a too-old pg_dump is a configuration error (exit 2).
+            snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
+
+    def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
+        if pending:
+            self.before = self._snapshot("schema-before.sql", "before")
+        self._write_run(None)
+
+    def before_step(self, record: MigrationRecord) -> None:
+        # A non-transactional step can leave part of itself behind: know exactly what was
+        # there before it.
+        text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
+        if text is not None:
+            self.pre_step[record.revision] = text
+        self._write_run(None, running=record.revision)
+
+    # -- the run -------------------------------------------------------------------------------
+    def execute(self, expected: list[str]) -> int:
+        error: SafeMigrateError | None = None
+        try:
+            try:
+                self.migrator.run()
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code
+                error = self.migrator.failure(exc)
+                if isinstance(error, PreflightError):
+                    self.log.error("preflight.failed", reason=error.message)
+            if error is None:
+                error = self._verify(expected)
+        finally:
+            outcome = self._finish(error, expected)
+        if error is not None:
+            raise error
+        return int(outcome)
+
+    def _verify(self, expected: list[str]) -> SafeMigrateError | None:
+        heads = self.migrator.read_heads()
+        if heads is None and self.db is None:
+            return None  # env.py never connected online (nothing to verify against)
+        if set(heads or ()) != set(expected):
+            self.log.error("verification.failed", expected=expected, actual=list(heads or ()))
+            return PartialApplyError(
+                f"post-run verification failed: the database is at {list(heads or ()) or 'base'}"
+                f", expected {expected}", kind=recovery.VERIFICATION_FAILED)
+        self.log.info("verification.ok", heads=list(heads or ()))
+        return None
+
+    def _finish(self, error: SafeMigrateError | None, expected: list[str]) -> ExitCode:
+        code = ExitCode.OK if error is None else error.exit_code
+        try:
+            after = None
+            if self.before is not None or self.pre_step:
+                after = self._snapshot("schema-after.sql", "after")
+                if after is not None and self.before is not None:
+                    self.artifacts.write_text("schema.diff", snapshot.diff(self.before, after))
+            if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
+                self._write_plan(error, expected, after)
+        finally:
+            self.migrator.close()
+            applied = len(self.migrator.applied)
+            self._write_run(error, final=True)
+            self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
+                          applied=applied)
+            summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
+                       + (f"; {error.message}" if error else ""))
+            write_termination_log(self.settings.termination_log, summary)
+        return code
+
+    def _snapshot(self, name: str, label: str) -> str | None:
+        if self.pg_dump is None or self.db is None:
+            return None
+        exclude = [(self.db.version_schema, self.db.version_table)]
+        snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude)
+        self.artifacts.write_text(name, snap.text)
+        self.log.info("schema.snapshot", which=label, file=name,
+                      duration_ms=round(snap.seconds * 1000), bytes=len(snap.text))
+        return snap.text
+
+    def _write_plan(self, error: SafeMigrateError | None, expected: list[str],
+                    after: str | None) -> None:
+        rec = self.migrator.current
+        heads = list(self.migrator.read_heads() or ())
+        if error is not None and error.data.get("kind") == recovery.VERIFICATION_FAILED:
+            status = recovery.VERIFICATION_FAILED
+        elif rec is not None and rec.partial:
+            status = recovery.PARTIAL_APPLY
+        else:
+            status = recovery.CLEAN_ROLLBACK
+        leftovers: list[recovery.Leftover] = []
+        if status == recovery.PARTIAL_APPLY and self.side is not None:
+            base = self.pre_step.get(rec.revision) if rec else None
+            leftovers = find_leftovers(self.side, base or self.before, after)
+        downgrade_sql = None
+        if rec is not None:
+            from runner.planning.offline import offline_sql
+
+            down = rec.down_revision if isinstance(rec.down_revision, str) else "base"
+            try:
+                downgrade_sql = offline_sql(self.project, f"{rec.revision}:{down}", downgrade=True)
+            except Exception as exc:  # noqa: BLE001 - a template is a courtesy, not a must
+                downgrade_sql = f"-- offline downgrade SQL unavailable: {type(exc).__name__}"
+        down_rev = rec.down_revision if rec and isinstance(rec.down_revision, str) else None
+        plan = recovery.build_plan(
+            status=status, current=heads, failed_revision=rec.revision if rec else None,
+            failed_down_revision=down_rev, failed_path=rec.path if rec else None,
+            leftovers=leftovers, downgrade_sql=downgrade_sql,
+            config_hint=str(self.settings.config_file),
+            error=error.message if error else None, expected=expected)
+        self.artifacts.write_json("recovery-plan.json", plan.to_dict())
+        self.artifacts.write_text("recovery-plan.md", recovery.render_markdown(plan))
+        self.artifacts.write_text("rollback.sql", recovery.rollback_script(plan))
+        self.log.warning("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
+                         leftovers=len(plan.leftover_objects), commands=plan.commands,
+                         file=str(self.artifacts.directory / "recovery-plan.md"))
+
+    def _write_run(self, error: SafeMigrateError | None, *, final: bool = False,
+                   running: str | None = None) -> None:
+        code = (int(error.exit_code) if error else 0) if final else None
+        db = self.db
+        data = {
+            "run_id": self.settings.run_id,
+            "tool_version": __version__,
+            "alembic_version": alembic.__version__,
+            "python_version": platform.python_version(),
+            "server_version": db.server_version if db else None,
+            "database_url": mask(db.url) if db else (
+                mask(self.settings.database_url) if self.settings.database_url else None),
+            "version_table": f"{db.version_schema}.{db.version_table}" if db else None,
+            "config": str(self.settings.config_file),
+            "target": self.settings.target,
+            "started_at": self.started.isoformat(),
+            "ended_at": None if code is None else datetime.now(timezone.utc).isoformat(),
+            "outcome": "running" if code is None else _outcome(ExitCode(code)),
+            "exit_code": code,
+            "error": error.message if error else None,
+            "running_revision": running,
+            "heads_before": list(self.migrator.db_heads_before or ()),
+            "migrations": [r.to_dict() for r in self.migrator.records.values() if r.attempts],
+            "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
+        }
+        self.artifacts.write_json("run.json", data)
+
+
+def _outcome(code: ExitCode) -> str:
+    return {
+        ExitCode.OK: "success", ExitCode.USAGE: "usage-error", ExitCode.PREFLIGHT: "preflight-refused",
+        ExitCode.LOCK_BUSY: "lock-busy", ExitCode.MIGRATION_FAILED: "migration-failed",
+        ExitCode.PARTIAL_APPLY: "partial-apply", ExitCode.UNREACHABLE: "unreachable",
+        ExitCode.INTERRUPTED: "interrupted",
+    }.get(code, "internal-error")
+

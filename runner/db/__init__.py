@@ -1,0 +1,1 @@
+"""The database side: connections, the advisory lock, catalog queries, running env.py."""

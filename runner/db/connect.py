@@ -1,0 +1,84 @@
+"""Side connections (lock, monitor, status) straight through psycopg, with connect retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from runner.errors import DatabaseUnreachableError, UsageError
+from runner.urls import mask, mask_text
+
+APPLICATION_NAME = "safe-migrate"
+
+
+def conninfo_kwargs(url: URL) -> dict[str, Any]:
+    query = {k: (v[0] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    kwargs: dict[str, Any] = {**query}
+    if url.host:
+        kwargs["host"] = url.host
+    if url.port:
+        kwargs["port"] = url.port
+    if url.username:
+        kwargs["user"] = url.username
+    if url.password:
+        kwargs["password"] = url.password
+    if url.database:
+        kwargs["dbname"] = url.database
+    return kwargs
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError) and classify_connect_error(exc) is None
+
+
+def classify_connect_error(exc: BaseException) -> UsageError | None:
+    """Errors no retry can fix and that are configuration, not reachability (exit 2)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc)
+    if sqlstate == "3D000" or "does not exist" in text and "database" in text:
+        return UsageError(f"database does not exist: {first_line(mask_text(text))}")
+    return None
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text
+
+
+def connect(url: URL, *, timeout: float, autocommit: bool = True,
+            application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
+    """Connect, retrying briefly (jittered backoff) for up to `timeout` seconds.
+
+    Unreachable host or failed authentication after the retries: exit 7.
+    A database that does not exist: exit 2 at once.
+    """
+    kwargs = conninfo_kwargs(url)
+    kwargs.setdefault("connect_timeout", max(2, min(10, int(timeout) or 2)))
+    kwargs["application_name"] = application_name
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                return psycopg.connect(autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        usage = classify_connect_error(exc)
+        if usage is not None:
+            raise usage from None
+        raise DatabaseUnreachableError(
+            f"cannot connect to {mask(url)}: {first_line(mask_text(str(exc)))}") from None
+    except RetryError as exc:  # pragma: no cover - reraise=True re-raises the last error
+        raise DatabaseUnreachableError(f"cannot connect to {mask(url)}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover

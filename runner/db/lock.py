@@ -1,0 +1,76 @@
+"""The session-level advisory lock that lets one runner at a time migrate a database."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from runner.db import catalog
+from runner.errors import InterruptedRunError, LockBusyError
+
+_LOG_EVERY = 5.0  # seconds between lock.waiting events after the first
+
+
+def lock_key(database: str, schema: str, table: str) -> int:
+    """A signed bigint from the database and the version table, so that two services with
+    their own version tables in one database do not block each other."""
+    digest = hashlib.blake2b(f"safe-migrate\0{database}\0{schema}\0{table}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class AdvisoryLock:
+    """Held on its own AUTOCOMMIT connection: an idle-in-transaction holder would make
+    CREATE INDEX CONCURRENTLY wait on its snapshot (ALEMBIC-NOTES)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], key: int, *, log: Any,
+                 interrupted: threading.Event, poll: float = 0.25) -> None:
+        self.conn = conn
+        self.key = key
+        self.log = log
+        self.interrupted = interrupted
+        self.poll = poll
+        self.held = False
+
+    def acquire(self, wait: float) -> None:
+        started = time.monotonic()
+        last_log = -_LOG_EVERY
+        while True:
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+            if row is not None and row[0]:
+                self.held = True
+                self.log.info("lock.acquired", key=self.key,
+                              waited_ms=round((time.monotonic() - started) * 1000))
+                return
+            waited = time.monotonic() - started
+            holders = catalog.advisory_lock_holders(self.conn, self.key)
+            holder = holders[0] if holders else None
+            if waited >= wait:
+                who = (f"pid {holder.pid} ({holder.application_name or 'no application_name'}) "
+                       f"since {holder.since}") if holder else "another session"
+                raise LockBusyError(
+                    f"advisory lock held by {who}; gave up after --advisory-lock-wait "
+                    f"{wait:g}s", holder=holder.to_dict() if holder else None)
+            if waited - last_log >= _LOG_EVERY:
+                last_log = waited
+                self.log.info("lock.waiting", key=self.key, waited_ms=round(waited * 1000),
+                              holder_pid=holder.pid if holder else None,
+                              holder_application_name=holder.application_name if holder else None,
+                              holder_since=holder.since if holder else None)
+            if self.interrupted.wait(min(self.poll, max(wait - waited, 0.01))):
+                raise InterruptedRunError("interrupted while waiting for the advisory lock")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        except psycopg.Error:
+            # The connection is gone, and with it the session lock: nothing left to free.
+            pass
+        self.log.info("lock.released", key=self.key)

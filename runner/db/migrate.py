@@ -1,0 +1,428 @@
+"""Run the project's own env.py, one transaction per migration, under the runner's control.
+
+How (ALEMBIC-NOTES): we build alembic's EnvironmentContext ourselves, as `command.upgrade`
+does, and replace its bound `configure` on the instance. The wrapper forces
+`transaction_per_migration=True`, prepares whatever connection env.py made (advisory lock,
+timeouts, commit of any autobegun transaction so alembic does not treat it as external and
+silently roll everything back), and our `fn` is a generator: the code after each `yield step`
+runs once that step has committed, and a wrapper around `step.migration_fn` runs inside the
+step's transaction before the migration itself.
+
+A migration that lost a lock race (lock_timeout or deadlock) and committed nothing is
+retried by re-running env.py: the version table says where to resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+import sqlalchemy.exc
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, RevisionStep
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from runner.db import catalog
+from runner.db.connect import classify_connect_error, connect, first_line
+from runner.db.lock import AdvisoryLock, lock_key
+from runner.db.monitor import Monitor
+from runner.durations import to_postgres_ms
+from runner.errors import (
+    DatabaseUnreachableError,
+    InterruptedRunError,
+    MigrationFailedError,
+    PartialApplyError,
+    SafeMigrateError,
+    UsageError,
+)
+from runner.planning.history import History, check_database_revisions
+from runner.planning.transactional import non_transactional_reasons
+from runner.project import Project
+from runner.settings import Settings
+from runner.urls import mask, mask_text, parse_url
+
+LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
+# The session died under the migration: admin shutdown/terminate, crash, connection failure.
+CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
+
+
+@dataclass
+class MigrationRecord:
+    """One pending revision and what happened to it (a run.json entry)."""
+
+    revision: str
+    down_revision: str | list[str] | None
+    path: str
+    non_transactional_reasons: list[str]
+    attempts: int = 0
+    lock_wait_ms: int = 0
+    duration_ms: int | None = None
+    outcome: str = "pending"  # applied | failed | partial | interrupted | pending
+    error: dict[str, Any] | None = None
+    blockers: list[dict[str, Any]] = field(default_factory=list)
+    partial: bool = False
+    started_at: float | None = None
+
+    @property
+    def transactional(self) -> bool:
+        return not self.non_transactional_reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "path": self.path,
+            "transactional": self.transactional,
+            "non_transactional_reasons": self.non_transactional_reasons,
+            "attempts": self.attempts,
+            "lock_wait_ms": self.lock_wait_ms,
+            "duration_ms": self.duration_ms,
+            "outcome": self.outcome,
+            "error": self.error,
+            "blockers": self.blockers,
+        }
+
+
+@dataclass
+class Database:
+    """What env.py's configure() told us about the database it migrates."""
+
+    url: URL
+    version_table: str
+    version_schema: str
+    server_version_num: int
+    server_version: str
+
+
+class Hooks(Protocol):
+    """The command's say at the points only the migrator sees."""
+
+    def connected(self, db: Database, side: psycopg.Connection[Any]) -> None: ...
+
+    def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None: ...
+
+    def before_step(self, record: MigrationRecord) -> None: ...
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if state:
+            return str(state)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    orig = getattr(exc, "orig", None) or exc
+    return {"sqlstate": sqlstate_of(exc), "type": type(orig).__name__,
+            "message": first_line(mask_text(str(orig))) or type(orig).__name__}
+
+
+class Migrator:
+    def __init__(self, project: Project, settings: Settings, history: History,
+                 target: str, *, log: Any, interrupted: threading.Event, hooks: Hooks) -> None:
+        self.project = project
+        self.settings = settings
+        self.history = history
+        self.target = target
+        self.log = log
+        self.interrupted = interrupted
+        self.hooks = hooks
+        self.records: dict[str, MigrationRecord] = {}
+        self.current: MigrationRecord | None = None  # the step that is running or failed
+        self.db: Database | None = None
+        self.side: psycopg.Connection[Any] | None = None  # monitor + catalog queries
+        self.lock: AdvisoryLock | None = None
+        self.monitor: Monitor | None = None
+        self.db_heads_before: tuple[str, ...] | None = None
+        self._configured = False
+        self._started = False
+
+    # -- public -------------------------------------------------------------------------
+    def run(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception(self._lost_lock_race),
+            stop=stop_after_attempt(self.settings.lock_retries + 1),
+            wait=wait_exponential_jitter(initial=0.5, max=10.0, jitter=0.5),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._attempt_with_connect_retries()
+
+    @property
+    def applied(self) -> list[MigrationRecord]:
+        return [r for r in self.records.values() if r.outcome == "applied"]
+
+    def failure(self, exc: BaseException) -> SafeMigrateError:
+        """Turn whatever ended the run into the SPEC's error (and exit code)."""
+        rec = self.current if self.current and self.current.outcome != "applied" else None
+        if rec is None:
+            return self._failure_outside_migration(exc)
+        info = rec.error or error_info(exc)
+        where = f"migration {rec.revision}"
+        if rec.partial:
+            rec.outcome = "partial"
+            return PartialApplyError(
+                f"{where} failed after committing part of its work ({_describe(info)}): "
+                "see the recovery plan", revision=rec.revision)
+        if self.interrupted.is_set() or isinstance(exc, InterruptedRunError):
+            rec.outcome = "interrupted"
+            return InterruptedRunError(f"interrupted during {where}; it was rolled back",
+                                       revision=rec.revision)
+        state = info.get("sqlstate") or ""
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and (
+                not state or state.startswith(CONNECTION_LOST)):
+            return DatabaseUnreachableError(
+                f"connection lost during {where} ({_describe(info)}); its transaction was not "
+                "committed", revision=rec.revision)
+        blockers = ""
+        if rec.blockers:
+            blockers = "; blocked by " + ", ".join(
+                f"pid {b['pid']} ({b['application_name'] or '?'}: {b['query']})"
+                for b in rec.blockers)
+        return MigrationFailedError(
+            f"{where} failed and was rolled back ({_describe(info)}){blockers}",
+            revision=rec.revision)
+
+    def read_heads(self) -> tuple[str, ...] | None:
+        if self.side is None or self.db is None:
+            return None
+        return catalog.version_heads(self.side, self.db.version_schema, self.db.version_table)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock.conn.close()
+        if self.side is not None:
+            self.side.close()
+
+    # -- attempts -----------------------------------------------------------------------
+    def _attempt_with_connect_retries(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception(self._connect_failed),
+            stop=stop_after_delay(self.settings.connect_timeout),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._attempt()
+
+    def _attempt(self) -> None:
+        self._configured = False
+        self.current = None
+        env = EnvironmentContext(self.project.config, self.project.script,
+                                 fn=self._steps, destination_rev=self.target)
+        env.configure = functools.partial(self._configure, env.configure)  # type: ignore[method-assign]
+        with env:
+            self.project.script.run_env()
+
+    def _connect_failed(self, exc: BaseException) -> bool:
+        return (not self._configured and isinstance(exc, sqlalchemy.exc.OperationalError)
+                and classify_connect_error(getattr(exc, "orig", exc)) is None)
+
+    def _lost_lock_race(self, exc: BaseException) -> bool:
+        rec = self.current
+        return (rec is not None and rec.outcome == "failed" and not rec.partial
+                and not self.interrupted.is_set() and sqlstate_of(exc) in LOCK_RACE)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        rec = self.current
+        assert rec is not None and rec.error is not None
+        self.log.warning(
+            "migration.retry", revision=rec.revision, attempt=rec.attempts,
+            sleep_s=round(state.upcoming_sleep, 3), sqlstate=rec.error["sqlstate"],
+            error=rec.error["message"], blocking_pids=[b["pid"] for b in rec.blockers],
+            blockers=rec.blockers)
+        rec.outcome = "pending"
+
+    # -- env.py hooks -------------------------------------------------------------------
+    def _configure(self, original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        connection: Connection | None = kwargs.get("connection")
+        if connection is not None and not kwargs.get("as_sql"):
+            self._prepare(connection, kwargs)
+        kwargs["transaction_per_migration"] = True
+        if not self.settings.debug:
+            # env.py's fileConfig() turned alembic's INFO lines on; our events say the same.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+        original(*args, **kwargs)
+
+    def _prepare(self, connection: Connection, opts: dict[str, Any]) -> None:
+        # Anything env.py ran (SET search_path, SET ROLE) autobegan a transaction: commit it,
+        # or alembic takes it for an external transaction and never commits (ALEMBIC-NOTES).
+        if connection.in_transaction():
+            connection.commit()
+        self._configured = True
+        exec_ = connection.exec_driver_sql
+        exec_(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
+        exec_(f"SET statement_timeout = '{to_postgres_ms(self.settings.statement_timeout)}'")
+        exec_("SET application_name = 'safe-migrate-migration'")
+        self._pid = int(exec_("SELECT pg_backend_pid()").scalar_one())
+        schema = opts.get("version_table_schema") or exec_("SELECT current_schema()").scalar()
+        connection.commit()
+        event.listen(connection, "before_cursor_execute", self._refuse_when_interrupted)
+        if self.db is None:
+            self._open_side(connection, opts.get("version_table") or "alembic_version",
+                            str(schema or "public"))
+
+    def _open_side(self, connection: Connection, table: str, schema: str) -> None:
+        url = parse_url(connection.engine.url.render_as_string(hide_password=False))
+        self.side = connect(url, timeout=self.settings.connect_timeout,
+                            application_name="safe-migrate-monitor")
+        version_num = catalog.server_version_num(self.side)
+        version = str(self.side.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        self.db = Database(url=url, version_table=table, version_schema=schema,
+                           server_version_num=version_num, server_version=version)
+        self.log.info("database", url=mask(url), server_version=version,
+                      version_table=f"{schema}.{table}")
+        lock_conn = connect(url, timeout=self.settings.connect_timeout,
+                            application_name=f"safe-migrate-lock {self.settings.run_id}")
+        database = str(lock_conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+        self.lock = AdvisoryLock(lock_conn, lock_key(database, schema, table), log=self.log,
+                                 interrupted=self.interrupted)
+        self.lock.acquire(self.settings.advisory_lock_wait)
+        self.monitor = Monitor(self.side, self.interrupted)
+        self.monitor.start()
+        self.hooks.connected(self.db, self.side)
+
+    def _refuse_when_interrupted(self, *_: Any) -> None:
+        if self.interrupted.is_set():
+            raise InterruptedRunError("interrupted: no further statements are sent")
+
+    def _steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[RevisionStep]:
+        check_database_revisions(self.history, tuple(heads))
+        steps: list[RevisionStep] = list(
+            self.project.script._upgrade_revs(self.target, heads))  # type: ignore[arg-type]
+        if not self._started:
+            self._started = True
+            self.db_heads_before = tuple(heads)
+            for step in steps:
+                self.records[step.revision.revision] = self._record(step)
+            self.log.info("preflight.ok", current=list(heads), pending=len(steps),
+                          target=self.target)
+            self.hooks.starting(tuple(heads), list(self.records.values()))
+        for step in steps:
+            rec = self.records.setdefault(step.revision.revision, self._record(step))
+            step.migration_fn = self._wrap(step.migration_fn, rec, context)
+            yield step
+            # Reached only once alembic committed the step (version row included).
+            rec.outcome = "applied"
+            rec.duration_ms = _ms_since(rec.started_at)
+            self.log.info("migration.done", revision=rec.revision, duration_ms=rec.duration_ms,
+                          attempts=rec.attempts, lock_wait_ms=rec.lock_wait_ms)
+
+    def _record(self, step: RevisionStep) -> MigrationRecord:
+        script = step.revision
+        down = script.down_revision
+        source = _read(script.path)
+        return MigrationRecord(
+            revision=script.revision,
+            down_revision=list(down) if isinstance(down, (tuple, list)) else down,
+            path=script.path, non_transactional_reasons=non_transactional_reasons(source))
+
+    def _wrap(self, fn: Callable[..., None], rec: MigrationRecord,
+              context: MigrationContext) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def run_step(**kw: Any) -> None:
+            if self.interrupted.is_set():
+                raise InterruptedRunError("interrupted before the next migration")
+            self.current = rec
+            rec.attempts += 1
+            rec.error = None
+            rec.outcome = "running"
+            if not rec.transactional:
+                self.hooks.before_step(rec)
+            assert context.connection is not None and self.monitor is not None
+            # Inside the step's transaction: its id tells us later whether anything of the
+            # step committed before a failure (autocommit_block, a raw COMMIT...).
+            xid = str(context.connection.exec_driver_sql(
+                "SELECT pg_current_xact_id()::text").scalar_one())
+            rec.started_at = time.monotonic()
+            self.log.info("migration.start", revision=rec.revision,
+                          down_revision=rec.down_revision, attempt=rec.attempts,
+                          transactional=rec.transactional)
+            self.monitor.watch(self._pid)
+            try:
+                fn(**kw)
+            except BaseException as exc:
+                rec.outcome = "failed"
+                rec.error = error_info(exc)
+                rec.partial = self._committed(xid)
+                self._finish_watch(rec)
+                rec.duration_ms = _ms_since(rec.started_at)
+                self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
+                               partial=rec.partial, duration_ms=rec.duration_ms, **rec.error,
+                               blocking_pids=[b["pid"] for b in rec.blockers])
+                raise
+            self._finish_watch(rec)
+
+        return run_step
+
+    def _finish_watch(self, rec: MigrationRecord) -> None:
+        assert self.monitor is not None
+        blockers, waited = self.monitor.unwatch()
+        rec.lock_wait_ms += round(waited * 1000)
+        if blockers:
+            rec.blockers = [b.to_dict() for b in blockers]
+
+    def _committed(self, xid: str) -> bool:
+        assert self.monitor is not None
+        try:
+            return self.monitor.xact_committed(xid)
+        except psycopg.Error:
+            # Cannot tell: assume the worst, so the migration is never retried blindly.
+            return True
+
+    def _failure_outside_migration(self, exc: BaseException) -> SafeMigrateError:
+        if isinstance(exc, SafeMigrateError):
+            return exc
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and not self._configured:
+            orig = getattr(exc, "orig", exc)
+            usage = classify_connect_error(orig)
+            if usage is not None:
+                return usage
+            return DatabaseUnreachableError(
+                f"cannot connect to the database: {first_line(mask_text(str(orig)))}")
+        if not self._configured:
+            return UsageError(f"env.py failed before connecting: {type(exc).__name__}: "
+                              f"{first_line(mask_text(str(exc)))}")
+        return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
+                                f"{first_line(mask_text(str(exc)))}")
+
+
+def _describe(info: dict[str, Any]) -> str:
+    state = f"SQLSTATE {info['sqlstate']}: " if info.get("sqlstate") else ""
+    return f"{state}{info['message']}"
+
+
+def _ms_since(start: float | None) -> int | None:
+    return None if start is None else round((time.monotonic() - start) * 1000)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""

@@ -1,0 +1,51 @@
+"""structlog setup: configured once by `runner.main`, never at import time."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from runner.urls import mask_text
+
+LogFormat = Literal["json", "console", "auto"]
+
+
+def _mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Last line of defence: no password inside any string field reaches the output."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = mask_text(value)
+    return event_dict
+
+
+def configure(log_format: LogFormat = "auto", *, stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if log_format == "auto":
+        log_format = "console" if stream.isatty() else "json"
+    renderer: structlog.typing.Processor
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # Alembic's own INFO lines ("Running upgrade a -> b") would duplicate our events.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("safe-migrate")

@@ -1,0 +1,101 @@
+"""Entry point: parse arguments, configure logging once, run a command, map errors to exit codes.
+
+This is the only place that turns an exception into an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from runner import __version__
+from runner import logging as runner_logging
+from runner.errors import ExitCode, SafeMigrateError, UsageError
+from runner.settings import Settings, add_common_options, from_args
+from runner.urls import mask_text
+
+COMMANDS = {
+    "upgrade": "Run pending migrations safely (the deploy job).",
+    "plan": "Show what upgrade would check and do, without changing the database.",
+    "status": "Read-only: revisions, lock holder, leftovers, last run.",
+    "verify": "Prove the history on a scratch database (stairway up/down/up).",
+    "recover": "Print (and with --execute, carry out) the recovery plan after a failed run.",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2 with usage: raise instead
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="safe-migrate", description="Safe Alembic upgrades for PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"safe-migrate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        if name not in ("upgrade",):  # TEMP
+            continue
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        add_common_options(command_parser)
+        _module(name).add_arguments(command_parser)
+    return parser
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"runner.commands.{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    log_format = _peek_log_format(args_list)
+    runner_logging.configure(log_format)  # type: ignore[arg-type]
+    settings: Settings | None = None
+    try:
+        args = build_parser().parse_args(args_list)
+        settings = from_args(args)
+        runner_logging.configure(settings.log_format)  # type: ignore[arg-type]
+        return int(_module(settings.command).run(settings, args))
+    except SafeMigrateError as exc:
+        return _report(exc, exc.exit_code, debug, settings)
+    except KeyboardInterrupt:
+        return _report(None, ExitCode.INTERRUPTED, debug, settings, "interrupted")
+    except Exception as exc:  # a bug: say so, in one line unless --debug
+        return _report(exc, ExitCode.INTERNAL, debug, settings,
+                       f"internal error (a bug, please report it): {type(exc).__name__}: {exc}")
+
+
+def _peek_log_format(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1] if argv[i + 1] in ("json", "console", "auto") else "auto"
+        if arg.startswith("--log-format="):
+            value = arg.split("=", 1)[1]
+            return value if value in ("json", "console", "auto") else "auto"
+    import os
+
+    value = os.environ.get("SAFE_MIGRATE_LOG_FORMAT", "auto")
+    return value if value in ("json", "console", "auto") else "auto"
+
+
+def _report(exc: BaseException | None, code: ExitCode, debug: bool, settings: Settings | None,
+            message: str | None = None) -> int:
+    text = mask_text(message or (exc.message if isinstance(exc, SafeMigrateError) else str(exc)))
+    text = " ".join(text.split())  # one line, always
+    fmt = settings.log_format if settings else _peek_log_format(sys.argv[1:])
+    if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
+        record: dict[str, Any] = {"event": "error", "level": "error", "exit_code": int(code),
+                                  "message": text}
+        if settings is not None:
+            record["run_id"] = settings.run_id
+        print(json.dumps(record), file=sys.stderr)
+    else:
+        print(f"safe-migrate: error: {text} (exit {int(code)})", file=sys.stderr)
+    if debug and exc is not None:
+        traceback.print_exception(exc)
+    return int(code)

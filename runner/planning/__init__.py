@@ -1,0 +1,1 @@
+"""Pure planning: what the history says and what would run. No database here."""

@@ -1,0 +1,133 @@
+"""Preflight checks on the revision graph and on the database's revision(s).
+
+Pure functions over alembic's ScriptDirectory / RevisionMap: tested without a database.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import (
+    CycleDetected,
+    DependencyCycleDetected,
+    MultipleHeads,
+    ResolutionError,
+    RevisionError,
+)
+from alembic.util.exc import CommandError
+
+from runner.errors import (
+    MultipleHeadsError,
+    PreflightError,
+    UnknownDatabaseRevisionError,
+    UsageError,
+)
+
+
+@dataclass(frozen=True)
+class History:
+    script: ScriptDirectory
+    heads: tuple[str, ...]
+    revisions: tuple[Script, ...]  # base -> heads order
+
+    def by_id(self, revision: str) -> Script:
+        found = self.script.get_revision(revision)
+        assert found is not None
+        return found
+
+
+def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -> History:
+    """Build the revision graph; every way it can be broken is a PreflightError (exit 3)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            heads = tuple(script.get_heads())
+            revisions = tuple(reversed(list(script.walk_revisions("base", "heads"))))
+        except (CycleDetected, DependencyCycleDetected) as exc:
+            raise PreflightError(
+                f"the revision history has a cycle through {', '.join(exc.revisions)}: "
+                "fix the down_revision of one of them") from None
+        except KeyError as exc:
+            raise PreflightError(
+                f"a revision names down_revision {exc.args[0]!r}, which does not exist"
+                f"{_warning_detail(caught)}: restore that revision or fix the down_revision"
+            ) from None
+        except (RevisionError, CommandError) as exc:
+            raise PreflightError(f"the revision history is broken: {exc}") from None
+    _check_warnings(caught, script)
+    if not revisions:
+        raise UsageError(
+            f"no migration scripts found in {script.versions}: check script_location "
+            f"in {config_hint}")
+    return History(script=script, heads=heads, revisions=revisions)
+
+
+def _warning_detail(caught: list[warnings.WarningMessage]) -> str:
+    texts = [str(w.message) for w in caught if "is not present" in str(w.message)]
+    return f" ({texts[0]})" if texts else ""
+
+
+_DUPLICATE = re.compile(r"Revision (\S+) is present more than once")
+
+
+def _check_warnings(caught: list[warnings.WarningMessage], script: ScriptDirectory) -> None:
+    for warning in caught:
+        text = str(warning.message)
+        if _DUPLICATE.search(text):
+            raise PreflightError(f"duplicate revision id: {text}; give each revision its own id")
+        if "is not present" in text:
+            raise PreflightError(f"missing down_revision: {text}")
+    ids = Counter(_revision_id(path) for path in Path(script.versions).glob("*.py"))
+    dupes = [rev for rev, count in ids.items() if rev and count > 1]
+    if dupes:
+        raise PreflightError(f"duplicate revision id {', '.join(sorted(dupes))} in "
+                             f"{script.versions}; give each revision its own id")
+
+
+_REVISION_LINE = re.compile(r"""^revision\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", re.M)
+
+
+def _revision_id(path: Path) -> str | None:
+    match = _REVISION_LINE.search(path.read_text(errors="replace"))
+    return match.group(1) if match else None
+
+
+def merge_command(heads: tuple[str, ...], config_hint: str) -> str:
+    return f"alembic -c {config_hint} merge -m 'merge heads' {' '.join(heads)}"
+
+
+def check_target(history: History, target: str, *, config_hint: str) -> tuple[str, ...]:
+    """Resolve TARGET to revision ids. Multiple heads are refused: a deploy is linear."""
+    if len(history.heads) > 1 and target in ("head", "heads"):
+        raise MultipleHeadsError(list(history.heads), merge_command(history.heads, config_hint))
+    try:
+        resolved = history.script.get_revisions(target)
+    except MultipleHeads as exc:
+        raise MultipleHeadsError(list(exc.heads), merge_command(tuple(exc.heads), config_hint))
+    except (ResolutionError, CommandError, RevisionError) as exc:
+        raise PreflightError(f"target revision {target!r} not found: {exc}") from None
+    return tuple(rev.revision for rev in resolved if rev is not None)
+
+
+def check_database_revisions(history: History, db_heads: tuple[str, ...]) -> None:
+    unknown = [rev for rev in db_heads if not _known(history.script, rev)]
+    if unknown:
+        raise UnknownDatabaseRevisionError(unknown)
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except (ResolutionError, CommandError, RevisionError):
+        return False
+
+
+def pending(history: History, db_heads: tuple[str, ...], target: str) -> list[Script]:
+    """Revisions an upgrade from db_heads to target applies, in order."""
+    steps = history.script._upgrade_revs(target, db_heads)  # alembic's own ordering
+    return [step.revision for step in steps]

@@ -1,0 +1,36 @@
+"""Offline (`--sql`) SQL of a revision range, through the project's env.py as alembic does it."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from alembic import command
+from alembic.config import Config
+
+from runner.project import Project
+
+_RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (\S*) -> (\S+)\s*$", re.M)
+
+
+def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False) -> str:
+    """Raises whatever env.py raises offline (e.g. a migration that reads data)."""
+    buffer = io.StringIO()
+    config = Config(file_=project.config.config_file_name,
+                    ini_section=project.config.config_ini_section,
+                    output_buffer=buffer, cmd_opts=project.config.cmd_opts)
+    for key, value in project.config.get_section(project.config.config_ini_section, {}).items():
+        config.set_main_option(key, value.replace("%", "%%"))
+    run = command.downgrade if downgrade else command.upgrade
+    run(config, revision_range, sql=True)
+    return buffer.getvalue()
+
+
+def split_by_revision(sql: str) -> dict[str, str]:
+    """{revision: its SQL} from one offline run, keyed by the revision each block runs to."""
+    parts: dict[str, str] = {}
+    matches = list(_RUNNING.finditer(sql))
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(sql)
+        parts[match.group(2)] = sql[match.start():end]
+    return parts

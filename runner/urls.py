@@ -1,0 +1,72 @@
+"""Database URLs: parsing, driver normalization and masking (SQLAlchemy's URL does the work)."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from runner.errors import UsageError
+
+_SYNC_DRIVER = "postgresql+psycopg"
+_POSTGRES_NAMES = {"postgresql", "postgres"}
+# Passwords embedded in free text (error messages from drivers, libpq conninfo strings).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+_KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
+
+
+def parse_url(text: str) -> URL:
+    """Parse and normalize to the sync psycopg driver; UsageError (exit 2) when malformed."""
+    try:
+        url = make_url(text.strip())
+    except ArgumentError:
+        raise UsageError(f"malformed database URL {mask_text(text)!r}") from None
+    backend = url.get_backend_name()
+    if backend not in _POSTGRES_NAMES:
+        raise UsageError(f"unsupported database URL {mask(url)!r}: safe-migrate runs on PostgreSQL")
+    # asyncpg/psycopg2/pg8000/async psycopg: all run through sync psycopg 3 here.
+    return url.set(drivername=_SYNC_DRIVER)
+
+
+def mask(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def mask_text(text: str) -> str:
+    """Mask anything that looks like a password inside arbitrary text."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+
+
+def libpq_params(url: URL) -> tuple[dict[str, str], dict[str, str]]:
+    """Split a URL into libpq environment variables: (non-secret, secret).
+
+    Child processes (pg_dump) get everything through PG* variables so that
+    nothing, and above all not the password, shows in their argv.
+    """
+    env: dict[str, str] = {}
+    query = dict(url.query)
+    host = url.host or _first(query.pop("host", None))
+    if host:
+        env["PGHOST"] = host
+    port = url.port or _first(query.pop("port", None))
+    if port:
+        env["PGPORT"] = str(port)
+    if url.username:
+        env["PGUSER"] = url.username
+    if url.database:
+        env["PGDATABASE"] = url.database
+    for key, var in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
+                     ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):
+        value = _first(query.get(key))
+        if value:
+            env[var] = value
+    secret = {"PGPASSWORD": url.password} if url.password else {}
+    return env, {k: str(v) for k, v in secret.items()}
+
+
+def _first(value: str | tuple[str, ...] | None) -> str | None:
+    if isinstance(value, tuple):
+        return value[0] if value else None
+    return value
