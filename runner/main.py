@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"safe-migrate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():
-        if name not in ("upgrade",):  # TEMP
+        if name not in ("upgrade", "status", "recover", "plan", "verify"):  # TEMP
             continue
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         add_common_options(command_parser)
@@ -50,16 +50,19 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"runner.commands.{name}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
+    """The CLI. configure_logging=False leaves structlog as the caller set it up (tests use
+    structlog.testing.capture_logs())."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
-    log_format = _peek_log_format(args_list)
-    runner_logging.configure(log_format)  # type: ignore[arg-type]
+    if configure_logging:
+        runner_logging.configure(_peek_log_format(args_list))  # type: ignore[arg-type]
     settings: Settings | None = None
     try:
         args = build_parser().parse_args(args_list)
         settings = from_args(args)
-        runner_logging.configure(settings.log_format)  # type: ignore[arg-type]
+        if configure_logging:
+            runner_logging.configure(settings.log_format)  # type: ignore[arg-type]
         return int(_module(settings.command).run(settings, args))
     except SafeMigrateError as exc:
         return _report(exc, exc.exit_code, debug, settings)

@@ -136,4 +136,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         termination_log=Path(args.termination_log),
         target=getattr(args, "target", None) or "heads",
         run_id=run_id,
+        extra={"artifacts_dir_given": bool(args.artifacts_dir)},
     )

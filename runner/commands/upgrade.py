@@ -148,7 +148,8 @@ class UpgradeJob:
         if self.pg_dump is None or self.db is None:
             return None
         exclude = [(self.db.version_schema, self.db.version_table)]
-        snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude)
+        snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude,
+                                      lock_wait_timeout=max(self.settings.lock_timeout, 5.0))
         self.artifacts.write_text(name, snap.text)
         self.log.info("schema.snapshot", which=label, file=name,
                       duration_ms=round(snap.seconds * 1000), bytes=len(snap.text))

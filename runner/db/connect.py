@@ -68,7 +68,7 @@ def connect(url: URL, *, timeout: float, autocommit: bool = True,
         for attempt in Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_delay(timeout),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
             reraise=True,
         ):
             with attempt:

@@ -160,7 +160,7 @@ class Migrator:
         retrying = Retrying(
             retry=retry_if_exception(self._lost_lock_race),
             stop=stop_after_attempt(self.settings.lock_retries + 1),
-            wait=wait_exponential_jitter(initial=0.5, max=10.0, jitter=0.5),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -222,7 +222,7 @@ class Migrator:
         retrying = Retrying(
             retry=retry_if_exception(self._connect_failed),
             stop=stop_after_delay(self.settings.connect_timeout),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
             reraise=True,
         )
         for attempt in retrying:

@@ -59,6 +59,9 @@ def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -
             ) from None
         except (RevisionError, CommandError) as exc:
             raise PreflightError(f"the revision history is broken: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - importing the user's revision files
+            raise PreflightError(
+                f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
     _check_warnings(caught, script)
     if not revisions:
         raise UsageError(

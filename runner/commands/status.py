@@ -1,0 +1,96 @@
+"""`safe-migrate status`: read-only view of the database and the last recorded run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.artifacts import find_run_dirs, load_run
+from runner.db import catalog
+from runner.db.connect import connect
+from runner.db.lock import lock_key
+from runner.db.probe import probe
+from runner.logging import get_logger
+from runner.planning.history import load_history
+from runner.project import load_project
+from runner.settings import Settings
+from runner.urls import mask
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def artifacts_root(settings: Settings) -> Path:
+    return settings.artifacts_dir if settings.extra.get("artifacts_dir_given") else Path(
+        "migration-artifacts")
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    project = load_project(settings)
+    history = load_history(project.script, config_hint=str(settings.config_file))
+    found = probe(project)
+    conn = connect(found.url, timeout=settings.connect_timeout,
+                   application_name="safe-migrate-status")
+    with conn:
+        heads = catalog.version_heads(conn, found.version_schema, found.version_table)
+        database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+        key = lock_key(database, found.version_schema, found.version_table)
+        holders = [h.to_dict() for h in catalog.advisory_lock_holders(conn, key)]
+        leftovers = catalog.invalid_indexes(conn) + catalog.not_valid_constraints(conn)
+    known = {s.revision for s in history.revisions}
+    current = list(heads or ())
+    unknown = [rev for rev in current if rev not in known]
+    pending = [] if unknown else [
+        s.revision for s in history.script._upgrade_revs("heads", tuple(current))]
+    runs = find_run_dirs(artifacts_root(settings))
+    last = load_run(runs[-1]) if runs else None
+    return {
+        "database_url": mask(found.url),
+        "version_table": f"{found.version_schema}.{found.version_table}",
+        "version_table_exists": heads is not None,
+        "current": current,
+        "heads": list(history.heads),
+        "unknown_revisions": unknown,
+        "pending": pending,
+        "pending_count": len(pending),
+        "lock_holders": holders,
+        "invalid_objects": leftovers,
+        "last_run": None if last is None else {
+            "run_id": last.get("run_id"), "outcome": last.get("outcome"),
+            "exit_code": last.get("exit_code"), "running_revision": last.get("running_revision"),
+            "ended_at": last.get("ended_at"), "directory": str(runs[-1])},
+    }
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    report = collect(settings)
+    get_logger().info("status", **{k: v for k, v in report.items() if k != "pending"})
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(report))
+    return 0
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"database:       {report['database_url']} ({report['version_table']})",
+             f"current:        {', '.join(report['current']) or 'base (no revision)'}",
+             f"heads:          {', '.join(report['heads'])}",
+             f"pending:        {report['pending_count']}"]
+    if report["unknown_revisions"]:
+        lines.append(f"UNKNOWN:        {', '.join(report['unknown_revisions'])} "
+                     "(not in the migration scripts)")
+    holders = report["lock_holders"]
+    lines.append("advisory lock:  " + (", ".join(
+        f"held by pid {h['pid']} ({h['application_name']}) since {h['since']}" for h in holders)
+        if holders else "free"))
+    for obj in report["invalid_objects"]:
+        lines.append(f"LEFTOVER:       {obj['kind']} {obj['schema']}.{obj['name']}")
+    last = report["last_run"]
+    lines.append("last run:       " + ("none recorded" if last is None else
+                 f"{last['run_id']}: {last['outcome']} (exit {last['exit_code']}) in "
+                 f"{last['directory']}"))
+    return "\n".join(lines)

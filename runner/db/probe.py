@@ -1,0 +1,67 @@
+"""Learn what env.py connects to (URL, version table) without changing anything.
+
+Runs env.py as `alembic current` does: dont_mutate=True, and a fn that yields no step, so
+the version table is never created. The configure() wrapper only records what env.py says.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy.exc
+from alembic.runtime.environment import EnvironmentContext
+
+from runner.db.connect import classify_connect_error, first_line
+from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
+from runner.project import Project
+from runner.urls import mask_text, parse_url
+from sqlalchemy.engine import URL
+
+
+@dataclass
+class ProbeResult:
+    url: URL
+    version_table: str
+    version_schema: str
+
+
+def probe(project: Project) -> ProbeResult:
+    found: list[ProbeResult] = []
+
+    def configure(original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        connection = kwargs.get("connection")
+        if connection is not None and not found:
+            schema = kwargs.get("version_table_schema") or connection.exec_driver_sql(
+                "SELECT current_schema()").scalar()
+            found.append(ProbeResult(
+                url=parse_url(connection.engine.url.render_as_string(hide_password=False)),
+                version_table=kwargs.get("version_table") or "alembic_version",
+                version_schema=str(schema or "public")))
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # env.py's fileConfig
+        original(*args, **kwargs)
+
+    env = EnvironmentContext(project.config, project.script, fn=lambda rev, ctx: [],
+                             dont_mutate=True)
+    env.configure = functools.partial(configure, env.configure)  # type: ignore[method-assign]
+    try:
+        with env:
+            project.script.run_env()
+    except SafeMigrateError:
+        raise
+    except sqlalchemy.exc.OperationalError as exc:
+        orig = getattr(exc, "orig", exc)
+        usage = classify_connect_error(orig)
+        if usage is not None:
+            raise usage from None
+        raise DatabaseUnreachableError(
+            f"cannot connect to the database: {first_line(mask_text(str(orig)))}") from None
+    except Exception as exc:  # noqa: BLE001 - env.py is the user's code
+        raise UsageError(f"env.py failed: {type(exc).__name__}: "
+                         f"{first_line(mask_text(str(exc)))}") from None
+    if not found:
+        raise UsageError("env.py did not connect to a database (offline-only env.py?)")
+    return found[0]

@@ -1,0 +1,1 @@
+"""Schema snapshots: pg_dump --schema-only, normalization, diffs and created objects."""

@@ -1,0 +1,306 @@
+"""`safe-migrate upgrade` against a real PostgreSQL: the issue's core scenarios."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from support import (
+    advisory_locks,
+    cli_args,
+    json_events,
+    libpq,
+    spawn,
+    tables_of,
+    version_of,
+)
+
+FIVE = [
+    ("r1", "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"),
+    ("r2", "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"),
+    ("r3", "op.create_table('t3', sa.Column('id', sa.Integer, primary_key=True))"),
+    ("r4", "op.create_table('t4', sa.Column('id', sa.Integer, primary_key=True))"),
+    ("r5", "op.create_table('t5', sa.Column('id', sa.Integer, primary_key=True))"),
+]
+
+
+def events_named(logs, name):
+    return [e for e in logs if e["event"] == name]
+
+
+def test_happy_path_then_idempotent_rerun(make_project, db, sql, run_cli, tmp_path):
+    project = make_project(FIVE)
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a1")) == 0
+    assert version_of(sql) == ["r5"]
+    assert tables_of(sql) == {"t1", "t2", "t3", "t4", "t5"}
+    assert [e["revision"] for e in events_named(logs, "migration.done")] == [
+        "r1", "r2", "r3", "r4", "r5"]
+    assert all(e["duration_ms"] >= 0 for e in events_named(logs, "migration.done"))
+    done = events_named(logs, "run.done")[-1]
+    assert (done["outcome"], done["exit_code"], done["applied"]) == ("success", 0, 5)
+    assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
+    run = json.loads((tmp_path / "a1" / "run.json").read_text())
+    assert run["exit_code"] == 0 and [m["outcome"] for m in run["migrations"]] == ["applied"] * 5
+    assert "password" not in json.dumps(run)
+
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a2")) == 0
+    assert events_named(logs, "migration.start") == []
+    assert events_named(logs, "run.done")[-1]["applied"] == 0
+    assert advisory_locks(sql) == 0
+
+
+def test_failure_in_third_of_five_rolls_back_alone(make_project, db, sql, run_cli, tmp_path):
+    revisions = list(FIVE)
+    revisions[2] = ("r3", "op.create_table('t3', sa.Column('id', sa.Integer, primary_key=True))\n"
+                          "op.execute('SELECT * FROM no_such_table')")
+    project = make_project(revisions)
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
+    assert version_of(sql) == ["r2"]
+    assert tables_of(sql) == {"t1", "t2"}  # r3's table was rolled back with it
+    failed = events_named(logs, "migration.failed")[-1]
+    assert failed["revision"] == "r3" and failed["sqlstate"] == "42P01" and not failed["partial"]
+    plan = json.loads((tmp_path / "a" / "recovery-plan.json").read_text())
+    assert plan["status"] == "clean-rollback"
+    assert plan["failed_revision"] == "r3" and plan["stamp_target"] == "r2"
+    assert plan["leftover_objects"] == [] and plan["rollback_sql"] == []
+    assert advisory_locks(sql) == 0
+
+
+def _blocker(db, table: str, hold: float, started: threading.Event, pid: list[int]) -> None:
+    with psycopg.connect(libpq(db)) as conn:
+        conn.execute(f"SELECT * FROM {table}")  # ACCESS SHARE, held by the open transaction
+        pid.append(conn.info.backend_pid)
+        started.set()
+        time.sleep(hold)
+        conn.rollback()
+
+
+def test_blocked_migration_is_retried_until_the_blocker_ends(make_project, db, sql, run_cli,
+                                                             tmp_path):
+    project = make_project([("r1", "op.create_table('hot', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.add_column('hot', sa.Column('note', sa.Text))")])
+    assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
+    started, pid = threading.Event(), []
+    blocker = threading.Thread(target=_blocker, args=(db, "hot", 2.5, started, pid))
+    blocker.start()
+    started.wait(10)
+    with capture_logs() as logs:
+        code = run_cli(cli_args(project, db, "--lock-timeout", "200ms", "--lock-retries", "10",
+                                artifacts=tmp_path / "a1"))
+    blocker.join()
+    assert code == 0 and version_of(sql) == ["r2"]
+    retries = events_named(logs, "migration.retry")
+    assert retries and all(e["revision"] == "r2" and e["sqlstate"] == "55P03" for e in retries)
+    assert pid[0] in retries[0]["blocking_pids"]
+    assert "SELECT * FROM hot" in retries[0]["blockers"][0]["query"]
+    run = json.loads((tmp_path / "a1" / "run.json").read_text())
+    assert run["migrations"][0]["attempts"] == len(retries) + 1
+    assert run["migrations"][0]["lock_wait_ms"] > 0
+
+
+def test_retries_exhausted_exit_5_naming_the_blocker(make_project, db, sql, run_cli, tmp_path):
+    project = make_project([("r1", "op.create_table('hot', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.add_column('hot', sa.Column('note', sa.Text))")])
+    assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
+    started, pid = threading.Event(), []
+    blocker = threading.Thread(target=_blocker, args=(db, "hot", 6, started, pid))
+    blocker.start()
+    started.wait(10)
+    with capture_logs() as logs:
+        code = run_cli(cli_args(project, db, "--lock-timeout", "200ms", "--lock-retries", "1",
+                                artifacts=tmp_path / "a1"))
+    assert code == 5
+    assert len(events_named(logs, "migration.retry")) == 1
+    plan = json.loads((tmp_path / "a1" / "recovery-plan.json").read_text())
+    assert f"pid {pid[0]}" in plan["error"]
+    blocker.join()
+    assert version_of(sql) == ["r1"] and advisory_locks(sql) == 0
+
+
+SLOW = [(f"s{i}", f"op.execute('INSERT INTO applied_log VALUES (%s)' % repr('s{i}'))\n"
+                  "op.execute('SELECT pg_sleep(0.3)')") for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("runners", [2, 4])
+def test_concurrent_runners_apply_each_migration_once(make_project, db, sql, tmp_path, runners):
+    sql("CREATE TABLE applied_log (rev text)")
+    project = make_project(SLOW)
+    procs = [spawn(cli_args(project, db, "--advisory-lock-wait", "30s",
+                            artifacts=tmp_path / f"r{i}")) for i in range(runners)]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    codes = [code for code, _ in results]
+    assert set(codes) <= {0, 4}, results
+    assert sql("SELECT rev, count(*) FROM applied_log GROUP BY rev ORDER BY rev") == [
+        (f"s{i}", 1) for i in range(1, 5)]
+    appliers = [sum(1 for e in json_events(err) if e["event"] == "migration.done")
+                for _, err in results]
+    assert sorted(appliers) == [0] * (runners - 1) + [4]
+    waited = [e for _, err in results for e in json_events(err) if e["event"] == "lock.waiting"]
+    assert waited and all(e["holder_pid"] for e in waited)
+    assert advisory_locks(sql) == 0
+
+
+def test_lock_held_past_wait_exits_4(make_project, db, sql, tmp_path):
+    sql("CREATE TABLE applied_log (rev text)")
+    project = make_project([("s1", "op.execute('SELECT pg_sleep(4)')")])
+    first = spawn(cli_args(project, db, artifacts=tmp_path / "a"))
+    time.sleep(2.0)
+    second = spawn(cli_args(project, db, "--advisory-lock-wait", "500ms",
+                            artifacts=tmp_path / "b"))
+    assert second.wait(30) == 4
+    err = second.stderr.read()
+    assert "advisory lock held by pid" in err and "safe-migrate-lock" in err
+    assert first.wait(30) == 0
+
+
+def test_sigterm_mid_migration_rolls_back_and_frees_the_lock(make_project, db, sql, tmp_path):
+    project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
+                                   "op.execute('SELECT pg_sleep(60)')")])
+    proc = spawn(cli_args(project, db, artifacts=tmp_path / "a"))
+    deadline = time.monotonic() + 30
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if '"migration.start"' in line and '"r2"' in line:
+            break
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 8
+    assert time.monotonic() - sent < 5
+    assert version_of(sql) == ["r1"] and tables_of(sql) == {"t1"}
+    assert advisory_locks(sql) == 0
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["exit_code"] == 8 and run["migrations"][-1]["outcome"] == "interrupted"
+
+
+@pytest.mark.parametrize("style", ["generic", "section-engine", "connection-attribute"])
+def test_env_py_styles_run_unchanged_one_transaction_per_migration(style, make_project, db, sql,
+                                                                   run_cli, tmp_path):
+    project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
+                                   "raise RuntimeError('boom')")], env_style=style)
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
+    # r1 committed on its own although env.py never asked for transaction_per_migration.
+    assert version_of(sql) == ["r1"] and tables_of(sql) == {"t1"}
+    assert [e["revision"] for e in events_named(logs, "migration.done")] == ["r1"]
+    failed = events_named(logs, "migration.failed")[-1]
+    assert failed["type"] == "RuntimeError" and failed["message"] == "boom"
+
+
+def test_timeouts_apply_to_every_migration_statement(make_project, db, sql, run_cli, tmp_path):
+    body = ("op.execute(\"CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lt, "
+            "current_setting('statement_timeout') AS st\")")
+    project = make_project([("r1", body)])
+    assert run_cli(cli_args(project, db, "--lock-timeout", "750ms", "--statement-timeout", "1m",
+                            artifacts=tmp_path / "a")) == 0
+    assert sql("SELECT lt, st FROM seen") == [("750ms", "1min")]
+
+
+def test_statement_timeout_cancels_a_long_migration(make_project, db, sql, run_cli, tmp_path):
+    project = make_project([("r1", "op.execute('SELECT pg_sleep(5)')")])
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, "--statement-timeout", "300ms",
+                                artifacts=tmp_path / "a")) == 5
+    assert events_named(logs, "migration.failed")[-1]["sqlstate"] == "57014"
+    assert events_named(logs, "migration.retry") == []  # not a lock race: no retry
+
+
+def test_x_arguments_reach_env_py(make_project, db, sql, run_cli, tmp_path):
+    project = make_project([("r1", "from alembic import context\n"
+                                   "op.execute(\"CREATE TABLE %s (id int)\" % "
+                                   "context.get_x_argument(as_dictionary=True)['table'])")])
+    assert run_cli(cli_args(project, db, "-x", "table=from_x", artifacts=tmp_path / "a")) == 0
+    assert tables_of(sql) == {"from_x"}
+
+
+def test_database_url_file_and_async_url(make_project, db, sql, tmp_path, monkeypatch, run_cli):
+    project = make_project(FIVE[:1])
+    url_file = tmp_path / "url"
+    url_file.write_text(db.set(drivername="postgresql+asyncpg").render_as_string(
+        hide_password=False) + "\n")
+    monkeypatch.setenv("DATABASE_URL_FILE", str(url_file))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    args = ["upgrade", "-c", str(project.ini), "--artifacts-dir", str(tmp_path / "a")]
+    assert run_cli(args) == 0
+    assert version_of(sql) == ["r1"]
+
+
+def test_unreachable_database_exits_7(make_project, tmp_path, run_cli, capsys):
+    project = make_project(FIVE[:1])
+    started = time.monotonic()
+    code = run_cli(["upgrade", "-c", str(project.ini), "--database-url",
+                    "postgresql://u:Sup3rSecret@127.0.0.1:1/x", "--connect-timeout", "1s",
+                    "--artifacts-dir", str(tmp_path / "a"), "--log-format", "console"])
+    assert code == 7
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert "Sup3rSecret" not in err and "error:" in err and "Traceback" not in err
+
+
+def test_multiple_heads_refused_with_merge_command(make_project, db, sql, run_cli, tmp_path,
+                                                   capsys):
+    project = make_project(FIVE[:1])
+    project.add("b1", "r1", "op.create_table('b1', sa.Column('id', sa.Integer))")
+    project.add("b2", "r1", "op.create_table('b2', sa.Column('id', sa.Integer))")
+    assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 3
+    err = capsys.readouterr().err
+    assert "merge -m 'merge heads' b1 b2" in err or "merge -m 'merge heads' b2 b1" in err
+    assert version_of(sql) == [] and tables_of(sql) == set()
+
+
+def test_unknown_database_revision_refused(make_project, db, sql, run_cli, tmp_path, capsys):
+    project = make_project(FIVE[:2])
+    sql("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    sql("INSERT INTO alembic_version VALUES ('gone123')")
+    assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 3
+    err = capsys.readouterr().err
+    assert "gone123" in err and "stamp" in err
+    assert version_of(sql) == ["gone123"] and tables_of(sql) == set()
+
+
+def test_termination_log_gets_a_summary(make_project, db, tmp_path):
+    from runner.main import main
+
+    project = make_project(FIVE[:1])
+    log = tmp_path / "termination-log"
+    code = main([*cli_args(project, db, "--no-schema-diff", artifacts=tmp_path / "a"),
+                 "--termination-log", str(log)], configure_logging=False)
+    assert code == 0
+    assert log.read_text().startswith("safe-migrate success: exit 0, 1 applied")
+
+
+OPTUNA_ALEMBIC = Path(__import__("optuna").__file__).parent / "storages" / "_rdb"
+
+
+def test_optuna_migrations_upgrade_base_to_head(db, sql, run_cli, tmp_path, monkeypatch):
+    ini = OPTUNA_ALEMBIC / "alembic.ini"
+    monkeypatch.chdir(OPTUNA_ALEMBIC)  # its script_location is relative, as `alembic` expects
+    with capture_logs() as logs:
+        code = run_cli(["upgrade", "-c", str(ini), "--database-url",
+                        db.render_as_string(hide_password=False),
+                        "--artifacts-dir", str(tmp_path / "a")])
+    assert code == 0, [e for e in logs if e["log_level"] == "error"]
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    heads = script.get_heads()
+    assert len(heads) == 1
+    assert version_of(sql) == list(heads)
+    every = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert [e["revision"] for e in events_named(logs, "migration.done")] == every
+    assert "studies" in tables_of(sql)

@@ -1,0 +1,226 @@
+"""Helpers for the tests: generated Alembic projects, CLI runners, small queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# -- generated alembic projects -------------------------------------------------------------
+
+GENERIC_ENV = (REPO / "examples" / "basic" / "env.py").read_text()
+
+# Builds its own engine from another section of the ini file, as many real projects do.
+SECTION_ENGINE_ENV = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+
+def run_migrations_online():
+    section = config.get_section("mydb", {})
+    section["sqlalchemy.url"] = config.get_main_option("sqlalchemy.url")
+    engine = engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SET search_path TO public")
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+
+def run_migrations_offline():
+    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
+'''
+
+# The cookbook's connection-sharing recipe: config.attributes["connection"].
+CONNECTION_ATTRIBUTE_ENV = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+
+def do_run(connection):
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+def run_migrations_online():
+    connectable = config.attributes.get("connection", None)
+    if connectable is None:
+        connectable = engine_from_config(
+            config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+            poolclass=pool.NullPool)
+        with connectable.connect() as connection:
+            config.attributes["connection"] = connection
+            do_run(connection)
+    else:
+        do_run(connectable)
+
+def run_migrations_offline():
+    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
+'''
+
+ENV_STYLES = {"generic": GENERIC_ENV, "section-engine": SECTION_ENGINE_ENV,
+              "connection-attribute": CONNECTION_ATTRIBUTE_ENV}
+
+
+def revision_source(rev: str, down: str | None, upgrade: str, downgrade: str = "pass") -> str:
+    def body(code: str) -> str:
+        return textwrap.indent(textwrap.dedent(code).strip() or "pass", "    ")
+
+    return (f'"""revision {rev}"""\nimport os\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+            f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
+            f"depends_on = None\n\n\ndef upgrade():\n{body(upgrade)}\n\n\n"
+            f"def downgrade():\n{body(downgrade)}\n")
+
+
+@dataclass
+class Project:
+    root: Path
+
+    @property
+    def ini(self) -> Path:
+        return self.root / "alembic.ini"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions"
+
+    def add(self, rev: str, down: str | None, upgrade: str, downgrade: str = "pass") -> Path:
+        path = self.versions / f"{rev}.py"
+        path.write_text(revision_source(rev, down, upgrade, downgrade))
+        return path
+
+
+def write_project(root: Path, revisions: list[tuple[str, str]], env_style: str = "generic",
+                  url: URL | None = None) -> Project:
+    """A linear history: revisions is [(rev_id, upgrade body)], each on the one before."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "versions").mkdir(exist_ok=True)
+    (root / "env.py").write_text(ENV_STYLES[env_style])
+    (root / "script.py.mako").write_text((REPO / "examples/basic/script.py.mako").read_text())
+    ini_url = (url.render_as_string(hide_password=False).replace("%", "%%") if url
+               else "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    (root / "alembic.ini").write_text(textwrap.dedent(f"""\
+        [alembic]
+        script_location = %(here)s
+        prepend_sys_path = .
+        path_separator = os
+        sqlalchemy.url = {ini_url}
+
+        [mydb]
+        sqlalchemy.echo = false
+
+        [loggers]
+        keys = root,sqlalchemy,alembic
+
+        [handlers]
+        keys = console
+
+        [formatters]
+        keys = generic
+
+        [logger_root]
+        level = WARNING
+        handlers = console
+
+        [logger_sqlalchemy]
+        level = WARNING
+        handlers =
+        qualname = sqlalchemy.engine
+
+        [logger_alembic]
+        level = INFO
+        handlers =
+        qualname = alembic
+
+        [handler_console]
+        class = StreamHandler
+        args = (sys.stderr,)
+        level = NOTSET
+        formatter = generic
+
+        [formatter_generic]
+        format = %%(levelname)-5.5s [%%(name)s] %%(message)s
+        """))
+    project = Project(root)
+    down: str | None = None
+    for rev, body in revisions:
+        project.add(rev, down, body)
+        down = rev
+    return project
+
+
+# -- running the CLI ---------------------------------------------------------------------------
+
+def cli_args(project: Project, db: URL, *extra: str, command: str = "upgrade",
+             artifacts: Path | None = None) -> list[str]:
+    args = [command, "-c", str(project.ini), "--database-url",
+            db.render_as_string(hide_password=False), "--log-format", "json"]
+    if artifacts is not None:
+        args += ["--artifacts-dir", str(artifacts)]
+    return args + list(extra)
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """`python -m runner ...` as a child process: for signals, kills and concurrency."""
+    from runner.embedded import bin_dir
+
+    if args[0] in ("upgrade", "recover") and "--pg-dump" not in args:
+        args = [*args, "--pg-dump", str(bin_dir() / "pg_dump")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-m", "runner", *args, "--termination-log",
+                             os.devnull], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=kwargs.pop("cwd", None), **kwargs)
+
+
+def json_events(stderr: str) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def version_of(sql: Callable[..., list[tuple[Any, ...]]]) -> list[str]:
+    if not sql("SELECT to_regclass('public.alembic_version')")[0][0]:
+        return []
+    return [row[0] for row in sql("SELECT version_num FROM alembic_version")]
+
+
+def tables_of(sql: Callable[..., list[tuple[Any, ...]]]) -> set[str]:
+    return {row[0] for row in sql(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")} - {"alembic_version"}
+
+
+def advisory_locks(sql: Callable[..., list[tuple[Any, ...]]]) -> int:
+    return int(sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0])
