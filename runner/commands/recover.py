@@ -73,8 +73,7 @@ def build(settings: Settings, project: Project, found: ProbeResult,
         live = snapshot.take_snapshot(pg_dump, found.url,
                                       [(found.version_schema, found.version_table)]).text
     leftovers = find_leftovers(conn, baseline, live)
-    status = recovery.PARTIAL_APPLY if any(
-        not o.rollback_sql.startswith("--") for o in leftovers) else recovery.CLEAN_ROLLBACK
+    status = recovery.PARTIAL_APPLY if leftovers else recovery.CLEAN_ROLLBACK
     down = failed.get("down_revision") if failed else None
     downgrade_sql = None
     if failed:

@@ -44,7 +44,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     current = list(heads or ())
     unknown = [rev for rev in current if rev not in known]
     pending = [] if unknown else [
-        s.revision for s in history.script._upgrade_revs("heads", tuple(current))]
+        s.revision.revision for s in history.script._upgrade_revs("heads", tuple(current))]
     runs = find_run_dirs(artifacts_root(settings))
     last = load_run(runs[-1]) if runs else None
     return {
