@@ -130,6 +130,7 @@ class EmbeddedPostgres:
             )
 
         entry = ensure_user_exists(self._user)
+        assert entry is not None  # it creates the user when missing
         ensure_prefix_permissions(path)
         ensure_folder_permissions(bin_dir(), 0o755)
         ensure_folder_permissions(bin_dir().parent / "lib", 0o444)

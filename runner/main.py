@@ -38,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"safe-migrate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():
-        if name not in ("upgrade", "status", "recover", "plan", "verify"):  # TEMP
-            continue
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         add_common_options(command_parser)
         _module(name).add_arguments(command_parser)

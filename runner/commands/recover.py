@@ -134,7 +134,7 @@ def execute(settings: Settings, project: Project, found: ProbeResult,
             if statement.lstrip().startswith("--"):
                 continue
             # Autocommit, one statement at a time: DROP INDEX CONCURRENTLY needs it.
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement.encode())
             log.info("recovery.statement", sql=statement)
         heads = list(catalog.version_heads(conn, found.version_schema, found.version_table) or ())
         if plan.stamp_target and heads != [plan.stamp_target]:

@@ -14,6 +14,7 @@ from runner.db.lock import lock_key
 from runner.db.probe import probe
 from runner.logging import get_logger
 from runner.planning.history import load_history
+from runner.planning.history import pending as _pending
 from runner.project import load_project
 from runner.settings import Settings
 from runner.urls import mask
@@ -43,8 +44,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     known = {s.revision for s in history.revisions}
     current = list(heads or ())
     unknown = [rev for rev in current if rev not in known]
-    pending = [] if unknown else [
-        s.revision.revision for s in history.script._upgrade_revs("heads", tuple(current))]
+    pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]
     runs = find_run_dirs(artifacts_root(settings))
     last = load_run(runs[-1]) if runs else None
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import threading
 from datetime import datetime, timezone
@@ -12,17 +13,25 @@ from typing import Any
 import alembic
 import psycopg
 
-from runner import __version__
+from runner import __version__, lint
+from runner.commands.plan import add_lint_argument
+from runner.db.connect import first_line
 from runner.artifacts import Artifacts, write_termination_log
 from runner.db.migrate import Database, MigrationRecord, Migrator
-from runner.errors import ExitCode, PartialApplyError, PreflightError, SafeMigrateError
+from runner.errors import (
+    ExitCode,
+    PartialApplyError,
+    PreflightError,
+    SafeMigrateError,
+    UsageError,
+)
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
 from runner.planning.history import check_target, load_history
 from runner.project import Project, load_project
 from runner.recovery import plan as recovery
 from runner.recovery.leftovers import find_leftovers
-from runner.schema import snapshot
+from runner.schema import drift, snapshot
 from runner.settings import Settings
 from runner.urls import mask
 
@@ -30,9 +39,16 @@ from runner.urls import mask
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
                         help="revision to upgrade to (default: heads)")
+    add_lint_argument(parser)  # --lint error|warn|off, env SAFE_MIGRATE_LINT, default warn
+    parser.add_argument("--expected-schema", metavar="FILE|DIR",
+                        default=os.environ.get("SAFE_MIGRATE_EXPECTED_SCHEMA"),
+                        help="refuse (exit 3) when the schema differs from the one verify recorded")
+    parser.add_argument("--allow-drift", action="store_true",
+                        default=os.environ.get("SAFE_MIGRATE_ALLOW_DRIFT", "") in ("1", "true"),
+                        help="report schema drift but run anyway")
 
 
-def run(settings: Settings, _: argparse.Namespace) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
@@ -48,7 +64,7 @@ def run(settings: Settings, _: argparse.Namespace) -> int:
         raise
     pg_dump = snapshot.find_pg_dump(settings.pg_dump) if settings.schema_diff else None
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        job = UpgradeJob(settings, project, artifacts, log, pg_dump, interrupted)
+        job = UpgradeJob(settings, project, artifacts, log, pg_dump, interrupted, args)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
@@ -60,7 +76,8 @@ class UpgradeJob:
     migrator: Migrator
 
     def __init__(self, settings: Settings, project: Project, artifacts: Artifacts, log: Any,
-                 pg_dump: Path | None, interrupted: threading.Event) -> None:
+                 pg_dump: Path | None, interrupted: threading.Event,
+                 args: argparse.Namespace) -> None:
         self.settings = settings
         self.project = project
         self.artifacts = artifacts
@@ -72,6 +89,9 @@ class UpgradeJob:
         self.pre_step: dict[str, str] = {}
         self.db: Database | None = None
         self.side: psycopg.Connection[Any] | None = None
+        self.lint_mode: str = args.lint
+        self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
+        self.allow_drift: bool = args.allow_drift
 
     # -- Hooks for the Migrator --------------------------------------------------------------
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
@@ -81,9 +101,43 @@ class UpgradeJob:
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
-        if pending:
+        self._lint([r.revision for r in pending])  # PreflightError -> exit 3, nothing ran
+        if pending or self.expected_schema is not None:
             self.before = self._snapshot("schema-before.sql", "before")
+        self._check_drift(db_heads)  # PreflightError -> exit 3, nothing ran
         self._write_run(None)
+
+    def _lint(self, revisions: list[str]) -> None:
+        if self.lint_mode == "off" or not revisions:
+            return
+        try:
+            findings = lint.lint_pending(self.project, self.migrator.history, revisions)
+        except UsageError as exc:  # squawk missing: only --lint error insists on it
+            if self.lint_mode == "error":
+                raise
+            self.log.warning("lint.unavailable", error=exc.message)
+            return
+        except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
+            self.log.warning("lint.unavailable", error=first_line(str(exc)))
+            return
+        lint.enforce(findings, self.lint_mode, self.log)  # logs lint.finding; error -> raise
+
+    def _check_drift(self, db_heads: tuple[str, ...]) -> None:
+        if self.expected_schema is None:
+            return
+        if self.before is None:
+            raise UsageError("--expected-schema needs the schema snapshots: drop --no-schema-diff")
+        key = drift.revision_key(db_heads)
+        diff = drift.check_drift(self.before, self.expected_schema, key)
+        self.log.info("schema.drift", revision=key, drift=diff is not None)
+        if diff is None:
+            return
+        self.artifacts.write_text("schema-drift.diff", diff)
+        if self.allow_drift:
+            self.log.warning("schema.drift.allowed", revision=key, file="schema-drift.diff")
+            return
+        raise PreflightError(f"schema drift before the run: the database at {key} differs from "
+                             f"{self.expected_schema} (see schema-drift.diff)", diff=diff)
 
     def before_step(self, record: MigrationRecord) -> None:
         # A non-transactional step can leave part of itself behind: know exactly what was

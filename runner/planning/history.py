@@ -132,5 +132,6 @@ def _known(script: ScriptDirectory, revision: str) -> bool:
 
 def pending(history: History, db_heads: tuple[str, ...], target: str) -> list[Script]:
     """Revisions an upgrade from db_heads to target applies, in order."""
-    steps = history.script._upgrade_revs(target, db_heads)  # alembic's own ordering
+    # alembic's own ordering; its annotation says str, but command.upgrade passes the heads tuple
+    steps = history.script._upgrade_revs(target, db_heads)  # type: ignore[arg-type]
     return [step.revision for step in steps]

@@ -25,9 +25,9 @@ def find_leftovers(conn: psycopg.Connection[Any], before: str | None,
             "invalid_index", index["schema"], index["name"], index["table"], sql)
     if before is not None and after is not None:
         for obj in snapshot.created_objects(before, after):
-            key = ("index" if obj.kind == "index" else obj.kind, obj.schema, obj.name)
-            found.setdefault(key, Leftover(obj.kind, obj.schema, obj.name, obj.table,
-                                           obj.drop_sql()))
+            schema = obj.schema or "public"
+            found.setdefault((obj.kind, schema, obj.name),
+                             Leftover(obj.kind, schema, obj.name, obj.table, obj.drop_sql()))
     for con in catalog.not_valid_constraints(conn):
         key = ("constraint", con["schema"], con["name"])
         if key in found:

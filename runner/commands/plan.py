@@ -1,0 +1,241 @@
+"""`safe-migrate plan [TARGET]`: what upgrade would check and do, without changing anything.
+
+The starting point is the database's version table (read-only, never created), or `--from REV`
+with no database at all (`--from base`, `--from heads` for a pre-commit single-head check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic.script import Script
+from alembic.script.revision import ResolutionError, RevisionError
+from alembic.util.exc import CommandError
+
+from runner import lint
+from runner.db import catalog
+from runner.db.connect import connect, first_line
+from runner.errors import PreflightError, SafeMigrateError, UsageError
+from runner.lifecycle import embedded_database
+from runner.logging import get_logger
+from runner.planning.history import (
+    History,
+    check_database_revisions,
+    check_target,
+    load_history,
+    pending,
+)
+from runner.planning.transactional import non_transactional_reasons
+from runner.project import Project, load_project
+from runner.settings import Settings
+from runner.urls import mask, mask_text, parse_url
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", default="heads",
+                        help="revision to plan the upgrade to (default: heads)")
+    parser.add_argument("--from", dest="from_rev", metavar="REV", default=None,
+                        help="plan from this revision instead of reading the database "
+                             "(no database needed; `base`, `heads` or a revision id)")
+    parser.add_argument("--format", dest="output_format", choices=["text", "json"],
+                        default="text", help="output format (default text)")
+    add_lint_argument(parser)
+
+
+def add_lint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lint", choices=list(lint.LINT_MODES),
+                        default=os.environ.get("SAFE_MIGRATE_LINT", "warn"),
+                        help="squawk lint of the pending SQL: error refuses on any finding, "
+                             "warn reports them, off skips (env SAFE_MIGRATE_LINT; default warn)")
+
+
+@dataclass
+class PlannedRevision:
+    script: Script
+    reasons: list[str] = field(default_factory=list)
+    sql: lint.RevisionSQL | None = None
+    sql_error: str | None = None
+    findings: list[lint.Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        down = self.script.down_revision
+        return {
+            "revision": self.script.revision,
+            "down_revision": list(down) if isinstance(down, (tuple, list)) else down,
+            "path": self.script.path,
+            "message": self.script.doc,
+            "transactional": not self.reasons,
+            "non_transactional_reasons": self.reasons,
+            "sql": self.sql.wrapped if self.sql else None,
+            "sql_error": self.sql_error,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    log = get_logger().bind(run_id=settings.run_id)
+    if args.lint not in lint.LINT_MODES:  # argparse does not check an env-var default
+        raise UsageError(f"--lint: expected one of {', '.join(lint.LINT_MODES)}, got {args.lint!r}")
+    project = load_project(settings)
+    hint = str(settings.config_file)
+    doc: dict[str, Any] = {"target": settings.target, "from": args.from_rev, "current": None,
+                           "preflight": {"ok": False, "error": None}, "pending": [],
+                           "lint": {"mode": args.lint, "findings": 0}, "allowed": False}
+    try:
+        with embedded_database(settings, project, log):
+            history, current, steps = _preflight(settings, args, project, hint, doc, log)
+        planned = _describe(project, history, current, steps, log)
+        if args.lint != "off":
+            _lint(planned)
+    except PreflightError as exc:
+        doc["preflight"] = {"ok": False, "error": exc.message}
+        log.error("preflight.failed", reason=exc.message)
+        _output(doc, args.output_format)
+        raise
+    findings = [f for p in planned for f in p.findings]
+    doc["lint"]["findings"] = len(findings)
+    doc["pending"] = [p.to_dict() for p in planned]
+    refusal: SafeMigrateError | None = None
+    try:
+        lint.enforce(findings, args.lint, log)
+    except PreflightError as exc:
+        refusal = exc
+    doc["allowed"] = refusal is None
+    _output(doc, args.output_format)
+    if refusal is not None:
+        raise refusal
+    return 0
+
+
+def _preflight(settings: Settings, args: argparse.Namespace, project: Project, hint: str,
+               doc: dict[str, Any], log: Any) -> tuple[History, tuple[str, ...], list[Script]]:
+    history = load_history(project.script, config_hint=hint)
+    check_target(history, settings.target, config_hint=hint)
+    if args.from_rev is not None:
+        current = _resolve_from(history, args.from_rev)
+    else:
+        current = _database_heads(settings, project, log)
+    check_database_revisions(history, current)
+    try:
+        steps = pending(history, current, settings.target)
+    except (CommandError, RevisionError) as exc:
+        raise PreflightError(f"cannot plan {list(current) or 'base'} -> {settings.target}: "
+                             f"{first_line(str(exc))}") from None
+    doc["current"] = list(current)
+    doc["preflight"] = {"ok": True, "error": None}
+    log.info("preflight.ok", current=list(current), pending=len(steps), target=settings.target)
+    return history, current, steps
+
+
+def _resolve_from(history: History, rev: str) -> tuple[str, ...]:
+    if rev == "base":
+        return ()
+    try:
+        found = history.script.get_revisions(rev)
+    except (ResolutionError, CommandError, RevisionError) as exc:
+        raise PreflightError(f"--from revision {rev!r} not found: {first_line(str(exc))}") from None
+    return tuple(s.revision for s in found if s is not None)
+
+
+def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str, ...]:
+    """The database's revisions, read-only. The version table is assumed to be
+    public.alembic_version unless alembic.ini sets version_table / version_table_schema
+    (plan does not run env.py online)."""
+    url = settings.database_url
+    if url is None:
+        text = project.config.get_main_option("sqlalchemy.url")
+        if not text:
+            raise UsageError("plan needs a database: pass --database-url (or set DATABASE_URL), "
+                             "or plan without one with --from REV")
+        url = parse_url(text)
+    schema = project.config.get_main_option("version_table_schema") or "public"
+    table = project.config.get_main_option("version_table") or "alembic_version"
+    conn = connect(url, timeout=settings.connect_timeout, application_name="safe-migrate-plan")
+    try:
+        conn.execute("SET default_transaction_read_only = on")  # plan never writes
+        heads = catalog.version_heads(conn, schema, table)
+    finally:
+        conn.close()
+    log.info("database", url=mask(url), version_table=f"{schema}.{table}",
+             heads=list(heads or ()))
+    return heads or ()
+
+
+def _describe(project: Project, history: History, current: tuple[str, ...],
+              steps: list[Script], log: Any) -> list[PlannedRevision]:
+    planned = [PlannedRevision(script) for script in steps]
+    revisions = [p.script.revision for p in planned]
+    sql: dict[str, lint.RevisionSQL] = {}
+    error: str | None = None
+    if revisions:
+        start = current[0] if len(current) == 1 else None
+        try:
+            sql = lint.revisions_sql(project, history, revisions, start=start)
+        except Exception as exc:  # noqa: BLE001 - env.py offline can raise anything
+            error = first_line(mask_text(f"{type(exc).__name__}: {exc}"))
+            log.warning("plan.offline_unavailable", error=error)
+    for p in planned:
+        p.sql = sql.get(p.script.revision)
+        p.sql_error = None if p.sql else (error or "no offline SQL for this revision")
+        p.reasons = non_transactional_reasons(_read(p.script.path),
+                                              p.sql.body if p.sql else None)
+    return planned
+
+
+def _lint(planned: list[PlannedRevision]) -> None:
+    items = [(p.script, p.sql.lint_sql) for p in planned if p.sql is not None]
+    by_rev: dict[str, list[lint.Finding]] = {}
+    for finding in lint.lint_sql(items):
+        by_rev.setdefault(finding.revision, []).append(finding)
+    for p in planned:
+        p.findings = by_rev.get(p.script.revision, [])
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def _output(doc: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render_text(doc), end="")
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+    pre = doc["preflight"]
+    current = ", ".join(doc["current"] or []) or "base"
+    if not pre["ok"]:
+        lines.append(f"preflight: REFUSED: {pre['error']}")
+        return "\n".join(lines) + "\n"
+    source = f"--from {doc['from']}" if doc["from"] is not None else "database"
+    lines.append(f"preflight: ok (current: {current} [{source}]; target: {doc['target']})")
+    lines.append(f"pending: {len(doc['pending'])} revision(s)")
+    for rev in doc["pending"]:
+        kind = ("transactional" if rev["transactional"] else
+                "NOT transactional: " + ", ".join(rev["non_transactional_reasons"]))
+        lines += ["", f"== {rev['revision']}  {rev['message'] or ''}".rstrip(),
+                  f"   file: {rev['path']}", f"   {kind}"]
+        if rev["sql"]:
+            lines += ["   " + line if line else "" for line in rev["sql"].rstrip().splitlines()]
+        else:
+            lines.append(f"   (offline SQL unavailable: {rev['sql_error']})")
+        for f in rev["findings"]:
+            lines.append(f"   lint {f['level']}: {f['rule']} (sql line {f['line']}): "
+                         f"{f['message']}" + (f" Hint: {f['help']}" if f["help"] else ""))
+    lint_info = doc["lint"]
+    if lint_info["mode"] != "off":
+        lines += ["", f"lint ({lint_info['mode']}): {lint_info['findings']} finding(s)"]
+    lines.append("upgrade would start" if doc["allowed"] else "upgrade would be REFUSED")
+    return "\n".join(lines) + "\n"
