@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,18 @@ def load_project(settings: Settings) -> Project:
     if settings.database_url is not None:
         set_url(config, settings.database_url.render_as_string(hide_password=False))
     return Project(config=config, script=script)
+
+
+@contextlib.contextmanager
+def fresh_attributes(config: Config) -> Iterator[None]:
+    """One env.py run must not see what another left in config.attributes (a closed
+    connection cached by the cookbook's connection-sharing recipe, say)."""
+    saved = dict(config.attributes)
+    try:
+        yield
+    finally:
+        config.attributes.clear()
+        config.attributes.update(saved)
 
 
 def set_url(config: Config, url: str) -> None:

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy.engine import URL
 from structlog.testing import capture_logs
+from support import Project
 
 from runner.embedded import EmbeddedPostgres, bin_dir
 from runner.main import main
-from support import Project, libpq
 
 OLD_PG_DUMP = Path("/usr/lib/postgresql/15/bin/pg_dump")
 EXTERNAL_SERVER = bool(os.environ.get("SAFE_MIGRATE_TEST_SERVER_URL"))
@@ -191,7 +190,7 @@ def read_only_role(ctx: Ctx) -> list[str]:
     password = "ro-pw-1234"
     ctx.sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     ctx.sql(f'GRANT CONNECT ON DATABASE "{ctx.db.database}" TO {role}')
-    ctx.sql(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    ctx.sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     ctx.sql(f"GRANT USAGE ON SCHEMA public TO {role}")
     ctx.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON alembic_version TO {role}")
     ctx.sql(f"GRANT SELECT ON t1 TO {role}")
@@ -220,7 +219,7 @@ def migration_raises(ctx: Ctx) -> list[str]:
 
 
 def migration_raises_debug(ctx: Ctx) -> list[str]:
-    return migration_raises(ctx) + ["--debug"]
+    return [*migration_raises(ctx), "--debug"]
 
 
 def duplicate_revision(ctx: Ctx) -> list[str]:

@@ -7,6 +7,7 @@ PostgreSQL 18, with a pg_dump wrapper that records how it was called.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -22,9 +23,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import URL
+from support import libpq, write_project
 
 from runner.embedded import EmbeddedPostgres, bin_dir
-from support import libpq, write_project
 
 PASSWORD = "Zebra-Secret-9431"
 WRONG_PASSWORD = "Wrong-Zebra-1177"
@@ -107,11 +108,9 @@ def _watch_children(root: int, stop: threading.Event, seen: list[str]) -> None:
                 if int(pid) not in family and _ppid(pid) in family:
                     family.add(int(pid))
         for pid in family - {root}:
-            try:
+            with contextlib.suppress(OSError):
                 seen.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                             .decode(errors="replace"))
-            except OSError:
-                pass
         time.sleep(0.01)
 
 

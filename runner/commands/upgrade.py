@@ -27,7 +27,10 @@ from runner.errors import (
 )
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
-from runner.planning.history import check_target, load_history
+from runner.db import catalog
+from runner.db.connect import connect
+from runner.db.probe import probe
+from runner.planning.history import History, check_target, load_history, pending
 from runner.project import Project, load_project
 from runner.recovery import plan as recovery
 from runner.recovery.leftovers import find_leftovers
@@ -64,10 +67,38 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise
     pg_dump = snapshot.find_pg_dump(settings.pg_dump) if settings.schema_diff else None
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
+        _lint(args.lint, settings, project, history, log)
         job = UpgradeJob(settings, project, artifacts, log, pg_dump, interrupted, args)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
+
+
+def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any) -> None:
+    """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
+    online run (it removes the `op` proxy the running migrations use)."""
+    if mode == "off":
+        return
+    try:
+        found = probe(project)
+        with connect(found.url, timeout=settings.connect_timeout,
+                     application_name="safe-migrate-lint") as conn:
+            heads = catalog.version_heads(conn, found.version_schema, found.version_table)
+        revisions = [s.revision for s in pending(history, tuple(heads or ()), settings.target)]
+        if not revisions:
+            return
+        findings = lint.lint_pending(project, history, revisions)
+    except UsageError as exc:  # squawk missing: only --lint error insists on it
+        if mode == "error":
+            raise
+        log.warning("lint.unavailable", error=exc.message)
+        return
+    except SafeMigrateError:
+        raise  # unreachable database, broken env.py: the run would fail the same way
+    except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
+        log.warning("lint.unavailable", error=first_line(str(exc)))
+        return
+    lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
 
 
 class UpgradeJob:
@@ -89,7 +120,6 @@ class UpgradeJob:
         self.pre_step: dict[str, str] = {}
         self.db: Database | None = None
         self.side: psycopg.Connection[Any] | None = None
-        self.lint_mode: str = args.lint
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
 
@@ -101,26 +131,10 @@ class UpgradeJob:
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
-        self._lint([r.revision for r in pending])  # PreflightError -> exit 3, nothing ran
         if pending or self.expected_schema is not None:
             self.before = self._snapshot("schema-before.sql", "before")
         self._check_drift(db_heads)  # PreflightError -> exit 3, nothing ran
         self._write_run(None)
-
-    def _lint(self, revisions: list[str]) -> None:
-        if self.lint_mode == "off" or not revisions:
-            return
-        try:
-            findings = lint.lint_pending(self.project, self.migrator.history, revisions)
-        except UsageError as exc:  # squawk missing: only --lint error insists on it
-            if self.lint_mode == "error":
-                raise
-            self.log.warning("lint.unavailable", error=exc.message)
-            return
-        except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
-            self.log.warning("lint.unavailable", error=first_line(str(exc)))
-            return
-        lint.enforce(findings, self.lint_mode, self.log)  # logs lint.finding; error -> raise
 
     def _check_drift(self, db_heads: tuple[str, ...]) -> None:
         if self.expected_schema is None:

@@ -52,7 +52,7 @@ from runner.errors import (
 )
 from runner.planning.history import History, check_database_revisions
 from runner.planning.transactional import non_transactional_reasons
-from runner.project import Project
+from runner.project import Project, fresh_attributes
 from runner.settings import Settings
 from runner.urls import mask, mask_text, parse_url
 
@@ -235,7 +235,7 @@ class Migrator:
         env = EnvironmentContext(self.project.config, self.project.script,
                                  fn=self._steps, destination_rev=self.target)
         env.configure = functools.partial(self._configure, env.configure)  # type: ignore[method-assign]
-        with env:
+        with env, fresh_attributes(self.project.config):
             self.project.script.run_env()
 
     def _connect_failed(self, exc: BaseException) -> bool:

@@ -17,7 +17,7 @@ from alembic.runtime.environment import EnvironmentContext
 
 from runner.db.connect import classify_connect_error, first_line
 from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
-from runner.project import Project
+from runner.project import Project, fresh_attributes
 from runner.urls import mask_text, parse_url
 from sqlalchemy.engine import URL
 
@@ -48,7 +48,7 @@ def probe(project: Project) -> ProbeResult:
                              dont_mutate=True)
     env.configure = functools.partial(configure, env.configure)  # type: ignore[method-assign]
     try:
-        with env:
+        with env, fresh_attributes(project.config):
             project.script.run_env()
     except SafeMigrateError:
         raise
