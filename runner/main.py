@@ -63,11 +63,11 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             runner_logging.configure(settings.log_format)  # type: ignore[arg-type]
         return int(_module(settings.command).run(settings, args))
     except SafeMigrateError as exc:
-        return _report(exc, exc.exit_code, debug, settings)
+        return _report(exc, exc.exit_code, debug, settings, args_list)
     except KeyboardInterrupt:
-        return _report(None, ExitCode.INTERRUPTED, debug, settings, "interrupted")
+        return _report(None, ExitCode.INTERRUPTED, debug, settings, args_list, "interrupted")
     except Exception as exc:  # a bug: say so, in one line unless --debug
-        return _report(exc, ExitCode.INTERNAL, debug, settings,
+        return _report(exc, ExitCode.INTERNAL, debug, settings, args_list,
                        f"internal error (a bug, please report it): {type(exc).__name__}: {exc}")
 
 
@@ -85,10 +85,10 @@ def _peek_log_format(argv: list[str]) -> str:
 
 
 def _report(exc: BaseException | None, code: ExitCode, debug: bool, settings: Settings | None,
-            message: str | None = None) -> int:
+            argv: list[str], message: str | None = None) -> int:
     text = mask_text(message or (exc.message if isinstance(exc, SafeMigrateError) else str(exc)))
     text = " ".join(text.split())  # one line, always
-    fmt = settings.log_format if settings else _peek_log_format(sys.argv[1:])
+    fmt = settings.log_format if settings else _peek_log_format(argv)
     if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
         record: dict[str, Any] = {"event": "error", "level": "error", "exit_code": int(code),
                                   "message": text}

@@ -304,3 +304,25 @@ def test_optuna_migrations_upgrade_base_to_head(db, sql, run_cli, tmp_path, monk
     every = [rev.revision for rev in reversed(list(script.walk_revisions()))]
     assert [e["revision"] for e in events_named(logs, "migration.done")] == every
     assert "studies" in tables_of(sql)
+
+
+def test_drift_refused_after_manual_alter_table(make_project, db, sql, run_cli, tmp_path):
+    project = make_project([])
+    for rev, down in (("r1", None), ("r2", "r1"), ("r3", "r2")):
+        table = "t" + rev[1]
+        project.add(rev, down, f"op.create_table('{table}', sa.Column('id', sa.Integer))",
+                    f"op.drop_table('{table}')")
+    schemas = tmp_path / "schemas"
+    assert run_cli(cli_args(project, db, "--schema-dir", str(schemas), command="verify")) == 0
+    assert run_cli(cli_args(project, db, "r2", artifacts=tmp_path / "a0")) == 0
+    sql("ALTER TABLE t1 ADD COLUMN sneaky int")  # someone changed production by hand
+    art = tmp_path / "a1"
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, "--expected-schema", str(schemas),
+                                artifacts=art)) == 3
+    assert "sneaky" in (art / "schema-drift.diff").read_text()
+    assert events_named(logs, "preflight.failed")
+    assert version_of(sql) == ["r2"] and "t3" not in tables_of(sql)
+    assert run_cli(cli_args(project, db, "--expected-schema", str(schemas), "--allow-drift",
+                            artifacts=tmp_path / "a2")) == 0
+    assert version_of(sql) == ["r3"]
