@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -78,8 +79,6 @@ def _peek_log_format(argv: list[str]) -> str:
         if arg.startswith("--log-format="):
             value = arg.split("=", 1)[1]
             return value if value in ("json", "console", "auto") else "auto"
-    import os
-
     value = os.environ.get("SAFE_MIGRATE_LOG_FORMAT", "auto")
     return value if value in ("json", "console", "auto") else "auto"
 

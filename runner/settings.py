@@ -17,6 +17,9 @@ from runner.errors import UsageError
 from runner.urls import parse_url
 
 
+ARTIFACTS_ROOT = Path("migration-artifacts")
+
+
 @dataclass
 class Settings:
     command: str
@@ -38,7 +41,8 @@ class Settings:
     termination_log: Path
     target: str = "heads"
     run_id: str = field(default_factory=lambda: new_run_id())
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Where status/recover look for past runs: --artifacts-dir as given, else the default root.
+    artifacts_root: Path = ARTIFACTS_ROOT
 
 
 def new_run_id() -> str:
@@ -114,8 +118,7 @@ def _int(value: str, flag: str) -> int:
 
 def from_args(args: argparse.Namespace) -> Settings:
     run_id = new_run_id()
-    artifacts = Path(args.artifacts_dir) if args.artifacts_dir else (
-        Path("migration-artifacts") / run_id)
+    given = Path(args.artifacts_dir) if args.artifacts_dir else None
     return Settings(
         command=args.command,
         config_file=Path(args.config),
@@ -128,7 +131,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         lock_retries=_int(str(args.lock_retries), "--lock-retries"),
         advisory_lock_wait=parse_duration(args.advisory_lock_wait, flag="--advisory-lock-wait"),
         connect_timeout=parse_duration(args.connect_timeout, flag="--connect-timeout"),
-        artifacts_dir=artifacts,
+        artifacts_dir=given or ARTIFACTS_ROOT / run_id,
         schema_diff=not args.no_schema_diff,
         pg_dump=args.pg_dump,
         log_format=args.log_format,
@@ -136,5 +139,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         termination_log=Path(args.termination_log),
         target=getattr(args, "target", None) or "heads",
         run_id=run_id,
-        extra={"artifacts_dir_given": bool(args.artifacts_dir)},
+        artifacts_root=given or ARTIFACTS_ROOT,
     )

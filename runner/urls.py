@@ -39,31 +39,35 @@ def mask_text(text: str) -> str:
     return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
 
 
+def libpq_kwargs(url: URL) -> dict[str, str]:
+    """libpq connection parameters: the query string's, then the URL's own parts on top."""
+    kwargs = {key: _first(value) or "" for key, value in url.query.items()}
+    for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
+                       ("password", url.password), ("dbname", url.database)):
+        if value:
+            kwargs[key] = str(value)
+    return kwargs
+
+
+# libpq's environment variables, for the parameters a child process may need.
+_PG_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "user": "PGUSER",
+    "dbname": "PGDATABASE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+
 def libpq_params(url: URL) -> tuple[dict[str, str], dict[str, str]]:
     """Split a URL into libpq environment variables: (non-secret, secret).
 
     Child processes (pg_dump) get everything through PG* variables so that
     nothing, and above all not the password, shows in their argv.
     """
-    env: dict[str, str] = {}
-    query = dict(url.query)
-    host = url.host or _first(query.pop("host", None))
-    if host:
-        env["PGHOST"] = host
-    port = url.port or _first(query.pop("port", None))
-    if port:
-        env["PGPORT"] = str(port)
-    if url.username:
-        env["PGUSER"] = url.username
-    if url.database:
-        env["PGDATABASE"] = url.database
-    for key, var in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
-                     ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):
-        value = _first(query.get(key))
-        if value:
-            env[var] = value
-    secret = {"PGPASSWORD": url.password} if url.password else {}
-    return env, {k: str(v) for k, v in secret.items()}
+    kwargs = libpq_kwargs(url)
+    env = {_PG_ENV[key]: value for key, value in kwargs.items() if key in _PG_ENV and value}
+    secret = {"PGPASSWORD": kwargs["password"]} if kwargs.get("password") else {}
+    return env, secret
 
 
 def _first(value: str | tuple[str, ...] | None) -> str | None:

@@ -13,14 +13,13 @@ import psycopg
 from alembic import command
 
 from runner.artifacts import find_run_dirs, load_run
-from runner.commands.status import artifacts_root
 from runner.db import catalog
 from runner.db.connect import connect
-from runner.db.lock import AdvisoryLock, lock_key
+from runner.db.lock import AdvisoryLock
 from runner.db.probe import ProbeResult, probe
 from runner.errors import SafeMigrateError, UsageError
 from runner.logging import get_logger
-from runner.planning.offline import offline_sql
+from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
 from runner.recovery import plan as recovery
 from runner.recovery.leftovers import find_leftovers
@@ -62,7 +61,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def build(settings: Settings, project: Project, found: ProbeResult,
           conn: psycopg.Connection[Any]) -> recovery.RecoveryPlan:
     heads = list(catalog.version_heads(conn, found.version_schema, found.version_table) or ())
-    runs = find_run_dirs(artifacts_root(settings))
+    runs = find_run_dirs(settings.artifacts_root)
     last = load_run(runs[-1]) if runs else {}
     failed = _failed_migration(last)
     baseline = _baseline(runs[-1], failed) if runs and failed else None
@@ -75,13 +74,7 @@ def build(settings: Settings, project: Project, found: ProbeResult,
     leftovers = find_leftovers(conn, baseline, live)
     status = recovery.PARTIAL_APPLY if leftovers else recovery.CLEAN_ROLLBACK
     down = failed.get("down_revision") if failed else None
-    downgrade_sql = None
-    if failed:
-        try:
-            downgrade_sql = offline_sql(project, f"{failed['revision']}:{down or 'base'}",
-                                        downgrade=True)
-        except Exception as exc:  # noqa: BLE001 - a template is a courtesy, not a must
-            downgrade_sql = f"-- offline downgrade SQL unavailable: {type(exc).__name__}"
+    downgrade_sql = downgrade_template(project, failed["revision"], down) if failed else None
     return recovery.build_plan(
         status=status, current=heads,
         failed_revision=failed.get("revision") if failed else None,
@@ -123,11 +116,9 @@ def _confirm(yes: bool) -> None:
 
 def execute(settings: Settings, project: Project, found: ProbeResult,
             conn: psycopg.Connection[Any], plan: recovery.RecoveryPlan, log: Any) -> None:
-    database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
-    lock_conn = connect(found.url, timeout=settings.connect_timeout,
-                        application_name=f"safe-migrate-lock {settings.run_id}")
-    lock = AdvisoryLock(lock_conn, lock_key(database, found.version_schema, found.version_table),
-                        log=log, interrupted=threading.Event())
+    lock = AdvisoryLock.open(found.url, found.version_schema, found.version_table,
+                             timeout=settings.connect_timeout, run_id=settings.run_id, log=log,
+                             interrupted=threading.Event())
     try:
         lock.acquire(settings.advisory_lock_wait)
         for statement in plan.rollback_sql:
@@ -145,5 +136,4 @@ def execute(settings: Settings, project: Project, found: ProbeResult,
             raise SafeMigrateError(f"recovery left invalid indexes behind: {remaining}")
         log.info("recovery.done", status=plan.status, stamp_target=plan.stamp_target)
     finally:
-        lock.release()
-        lock_conn.close()
+        lock.close()

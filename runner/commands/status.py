@@ -10,7 +10,7 @@ from typing import Any
 from runner.artifacts import find_run_dirs, load_run
 from runner.db import catalog
 from runner.db.connect import connect
-from runner.db.lock import lock_key
+from runner.db.lock import version_table_key
 from runner.db.probe import probe
 from runner.logging import get_logger
 from runner.planning.history import load_history
@@ -24,11 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["text", "json"], default="text")
 
 
-def artifacts_root(settings: Settings) -> Path:
-    return settings.artifacts_dir if settings.extra.get("artifacts_dir_given") else Path(
-        "migration-artifacts")
-
-
 def collect(settings: Settings) -> dict[str, Any]:
     project = load_project(settings)
     history = load_history(project.script, config_hint=str(settings.config_file))
@@ -37,15 +32,14 @@ def collect(settings: Settings) -> dict[str, Any]:
                    application_name="safe-migrate-status")
     with conn:
         heads = catalog.version_heads(conn, found.version_schema, found.version_table)
-        database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
-        key = lock_key(database, found.version_schema, found.version_table)
+        key = version_table_key(conn, found.version_schema, found.version_table)
         holders = [h.to_dict() for h in catalog.advisory_lock_holders(conn, key)]
         leftovers = catalog.invalid_indexes(conn) + catalog.not_valid_constraints(conn)
     known = {s.revision for s in history.revisions}
     current = list(heads or ())
     unknown = [rev for rev in current if rev not in known]
     pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]
-    runs = find_run_dirs(artifacts_root(settings))
+    runs = find_run_dirs(settings.artifacts_root)
     last = load_run(runs[-1]) if runs else None
     return {
         "database_url": mask(found.url),

@@ -31,6 +31,7 @@ from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.probe import probe
 from runner.planning.history import History, check_target, load_history, pending
+from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
 from runner.recovery import plan as recovery
 from runner.recovery.leftovers import find_leftovers
@@ -118,14 +119,19 @@ class UpgradeJob:
         self.started = datetime.now(timezone.utc)
         self.before: str | None = None
         self.pre_step: dict[str, str] = {}
-        self.db: Database | None = None
-        self.side: psycopg.Connection[Any] | None = None
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
 
+    @property
+    def db(self) -> Database | None:
+        return self.migrator.db
+
+    @property
+    def side(self) -> psycopg.Connection[Any] | None:
+        return self.migrator.side
+
     # -- Hooks for the Migrator --------------------------------------------------------------
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
-        self.db, self.side = db, side
         if self.pg_dump is not None:
             # Before anything changes: a too-old pg_dump is a configuration error (exit 2).
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
@@ -237,15 +243,8 @@ class UpgradeJob:
         if status == recovery.PARTIAL_APPLY and self.side is not None:
             base = self.pre_step.get(rec.revision) if rec else None
             leftovers = find_leftovers(self.side, base or self.before, after)
-        downgrade_sql = None
-        if rec is not None:
-            from runner.planning.offline import offline_sql
-
-            down = rec.down_revision if isinstance(rec.down_revision, str) else "base"
-            try:
-                downgrade_sql = offline_sql(self.project, f"{rec.revision}:{down}", downgrade=True)
-            except Exception as exc:  # noqa: BLE001 - a template is a courtesy, not a must
-                downgrade_sql = f"-- offline downgrade SQL unavailable: {type(exc).__name__}"
+        downgrade_sql = (downgrade_template(self.project, rec.revision, rec.down_revision)
+                         if rec is not None else None)
         down_rev = rec.down_revision if rec and isinstance(rec.down_revision, str) else None
         plan = recovery.build_plan(
             status=status, current=heads, failed_revision=rec.revision if rec else None,

@@ -36,10 +36,16 @@ def server_version_num(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-def backend_pid(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+def server_version(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SHOW server_version").fetchone()
     assert row is not None
-    return int(row[0])
+    return str(row[0])
+
+
+def current_database(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def advisory_lock_holders(conn: psycopg.Connection[Any], key: int) -> list[Session]:
@@ -111,11 +117,6 @@ def not_valid_constraints(conn: psycopg.Connection[Any]) -> list[dict[str, str]]
     ).fetchall()
     return [{"kind": "not_valid_constraint", "schema": r[0], "table": r[1], "name": r[2]}
             for r in rows]
-
-
-def current_schema(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute("SELECT current_schema()").fetchone()
-    return str(row[0]) if row and row[0] else "public"
 
 
 def version_heads(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[str, ...] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import sqlalchemy.exc
 from sqlalchemy.engine import URL
 from tenacity import (
     RetryError,
@@ -14,26 +15,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from runner.errors import DatabaseUnreachableError, UsageError
-from runner.urls import mask, mask_text
+from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
+from runner.urls import libpq_kwargs, mask, mask_text
 
 APPLICATION_NAME = "safe-migrate"
-
-
-def conninfo_kwargs(url: URL) -> dict[str, Any]:
-    query = {k: (v[0] if isinstance(v, tuple) else v) for k, v in url.query.items()}
-    kwargs: dict[str, Any] = {**query}
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    if url.username:
-        kwargs["user"] = url.username
-    if url.password:
-        kwargs["password"] = url.password
-    if url.database:
-        kwargs["dbname"] = url.database
-    return kwargs
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -49,6 +34,18 @@ def classify_connect_error(exc: BaseException) -> UsageError | None:
     return None
 
 
+def env_py_failure(exc: BaseException) -> SafeMigrateError:
+    """What env.py raised before migrations could start, as the SPEC's error."""
+    if isinstance(exc, SafeMigrateError):
+        return exc
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        orig = getattr(exc, "orig", exc)
+        return classify_connect_error(orig) or DatabaseUnreachableError(
+            f"cannot connect to the database: {first_line(mask_text(str(orig)))}")
+    return UsageError(f"env.py failed before connecting: {type(exc).__name__}: "
+                      f"{first_line(mask_text(str(exc)))}")
+
+
 def first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else text
@@ -61,7 +58,7 @@ def connect(url: URL, *, timeout: float, autocommit: bool = True,
     Unreachable host or failed authentication after the retries: exit 7.
     A database that does not exist: exit 2 at once.
     """
-    kwargs = conninfo_kwargs(url)
+    kwargs: dict[str, Any] = dict(libpq_kwargs(url))
     kwargs.setdefault("connect_timeout", max(2, min(10, int(timeout) or 2)))
     kwargs["application_name"] = application_name
     try:

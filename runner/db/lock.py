@@ -8,11 +8,18 @@ import time
 from typing import Any
 
 import psycopg
+from sqlalchemy.engine import URL
 
 from runner.db import catalog
+from runner.db.connect import connect
 from runner.errors import InterruptedRunError, LockBusyError
 
 _LOG_EVERY = 5.0  # seconds between lock.waiting events after the first
+
+
+def version_table_key(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    """The lock key of the version table schema.table in conn's database."""
+    return lock_key(catalog.current_database(conn), schema, table)
 
 
 def lock_key(database: str, schema: str, table: str) -> int:
@@ -63,6 +70,17 @@ class AdvisoryLock:
                               holder_since=holder.since if holder else None)
             if self.interrupted.wait(min(self.poll, max(wait - waited, 0.01))):
                 raise InterruptedRunError("interrupted while waiting for the advisory lock")
+
+    @classmethod
+    def open(cls, url: URL, schema: str, table: str, *, timeout: float, run_id: str, log: Any,
+             interrupted: threading.Event) -> AdvisoryLock:
+        """A lock on its own connection, named so that `lock.waiting` shows who holds it."""
+        conn = connect(url, timeout=timeout, application_name=f"safe-migrate-lock {run_id}")
+        return cls(conn, version_table_key(conn, schema, table), log=log, interrupted=interrupted)
+
+    def close(self) -> None:
+        self.release()
+        self.conn.close()
 
     def release(self) -> None:
         if not self.held:

@@ -38,8 +38,8 @@ from tenacity import (
 )
 
 from runner.db import catalog
-from runner.db.connect import classify_connect_error, connect, first_line
-from runner.db.lock import AdvisoryLock, lock_key
+from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
+from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
 from runner.durations import to_postgres_ms
 from runner.errors import (
@@ -48,7 +48,6 @@ from runner.errors import (
     MigrationFailedError,
     PartialApplyError,
     SafeMigrateError,
-    UsageError,
 )
 from runner.planning.history import History, check_database_revisions
 from runner.planning.transactional import non_transactional_reasons
@@ -212,8 +211,7 @@ class Migrator:
         if self.monitor is not None:
             self.monitor.stop()
         if self.lock is not None:
-            self.lock.release()
-            self.lock.conn.close()
+            self.lock.close()
         if self.side is not None:
             self.side.close()
 
@@ -291,16 +289,14 @@ class Migrator:
         self.side = connect(url, timeout=self.settings.connect_timeout,
                             application_name="safe-migrate-monitor")
         version_num = catalog.server_version_num(self.side)
-        version = str(self.side.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        version = catalog.server_version(self.side)
         self.db = Database(url=url, version_table=table, version_schema=schema,
                            server_version_num=version_num, server_version=version)
         self.log.info("database", url=mask(url), server_version=version,
                       version_table=f"{schema}.{table}")
-        lock_conn = connect(url, timeout=self.settings.connect_timeout,
-                            application_name=f"safe-migrate-lock {self.settings.run_id}")
-        database = str(lock_conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
-        self.lock = AdvisoryLock(lock_conn, lock_key(database, schema, table), log=self.log,
-                                 interrupted=self.interrupted)
+        self.lock = AdvisoryLock.open(url, schema, table, timeout=self.settings.connect_timeout,
+                                      run_id=self.settings.run_id, log=self.log,
+                                      interrupted=self.interrupted)
         self.lock.acquire(self.settings.advisory_lock_wait)
         self.monitor = Monitor(self.side, self.interrupted)
         self.monitor.start()
@@ -395,18 +391,8 @@ class Migrator:
             return True
 
     def _failure_outside_migration(self, exc: BaseException) -> SafeMigrateError:
-        if isinstance(exc, SafeMigrateError):
-            return exc
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and not self._configured:
-            orig = getattr(exc, "orig", exc)
-            usage = classify_connect_error(orig)
-            if usage is not None:
-                return usage
-            return DatabaseUnreachableError(
-                f"cannot connect to the database: {first_line(mask_text(str(orig)))}")
-        if not self._configured:
-            return UsageError(f"env.py failed before connecting: {type(exc).__name__}: "
-                              f"{first_line(mask_text(str(exc)))}")
+        if isinstance(exc, SafeMigrateError) or not self._configured:
+            return env_py_failure(exc)
         return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                 f"{first_line(mask_text(str(exc)))}")
 

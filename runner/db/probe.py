@@ -12,14 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
-
-from runner.db.connect import classify_connect_error, first_line
-from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
-from runner.project import Project, fresh_attributes
-from runner.urls import mask_text, parse_url
 from sqlalchemy.engine import URL
+
+from runner.db.connect import env_py_failure
+from runner.errors import UsageError
+from runner.project import Project, fresh_attributes
+from runner.urls import parse_url
 
 
 @dataclass
@@ -50,18 +49,8 @@ def probe(project: Project) -> ProbeResult:
     try:
         with env, fresh_attributes(project.config):
             project.script.run_env()
-    except SafeMigrateError:
-        raise
-    except sqlalchemy.exc.OperationalError as exc:
-        orig = getattr(exc, "orig", exc)
-        usage = classify_connect_error(orig)
-        if usage is not None:
-            raise usage from None
-        raise DatabaseUnreachableError(
-            f"cannot connect to the database: {first_line(mask_text(str(orig)))}") from None
     except Exception as exc:  # noqa: BLE001 - env.py is the user's code
-        raise UsageError(f"env.py failed: {type(exc).__name__}: "
-                         f"{first_line(mask_text(str(exc)))}") from None
+        raise env_py_failure(exc) from None
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
     return found[0]

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import (
@@ -62,7 +60,7 @@ def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -
         except Exception as exc:  # noqa: BLE001 - importing the user's revision files
             raise PreflightError(
                 f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
-    _check_warnings(caught, script)
+    _check_warnings(caught)
     if not revisions:
         raise UsageError(
             f"no migration scripts found in {script.versions}: check script_location "
@@ -78,26 +76,14 @@ def _warning_detail(caught: list[warnings.WarningMessage]) -> str:
 _DUPLICATE = re.compile(r"Revision (\S+) is present more than once")
 
 
-def _check_warnings(caught: list[warnings.WarningMessage], script: ScriptDirectory) -> None:
+def _check_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Alembic only warns about these while building the map; for a deploy they are fatal."""
     for warning in caught:
         text = str(warning.message)
         if _DUPLICATE.search(text):
             raise PreflightError(f"duplicate revision id: {text}; give each revision its own id")
         if "is not present" in text:
             raise PreflightError(f"missing down_revision: {text}")
-    ids = Counter(_revision_id(path) for path in Path(script.versions).glob("*.py"))
-    dupes = [rev for rev, count in ids.items() if rev and count > 1]
-    if dupes:
-        raise PreflightError(f"duplicate revision id {', '.join(sorted(dupes))} in "
-                             f"{script.versions}; give each revision its own id")
-
-
-_REVISION_LINE = re.compile(r"""^revision\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", re.M)
-
-
-def _revision_id(path: Path) -> str | None:
-    match = _REVISION_LINE.search(path.read_text(errors="replace"))
-    return match.group(1) if match else None
 
 
 def merge_command(heads: tuple[str, ...], config_hint: str) -> str:

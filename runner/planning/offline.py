@@ -26,6 +26,17 @@ def offline_sql(project: Project, revision_range: str, *, downgrade: bool = Fals
     return buffer.getvalue()
 
 
+def downgrade_template(project: Project, revision: str,
+                       down_revision: str | list[str] | None) -> str:
+    """The failed revision's own offline downgrade SQL, for a person to review (never run)."""
+    if isinstance(down_revision, list):
+        return f"-- {revision} is a merge revision: write its downgrade by hand"
+    try:
+        return offline_sql(project, f"{revision}:{down_revision or 'base'}", downgrade=True)
+    except Exception as exc:  # noqa: BLE001 - a template is a courtesy, not a must
+        return f"-- offline downgrade SQL unavailable: {type(exc).__name__}"
+
+
 def split_by_revision(sql: str) -> dict[str, str]:
     """{revision: its SQL} from one offline run, keyed by the revision each block runs to."""
     parts: dict[str, str] = {}

@@ -9,6 +9,7 @@ objects the second one has more, each with the DDL that drops it again (for reco
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import shutil
@@ -82,8 +83,12 @@ def _candidates() -> Iterator[Path]:
         yield embedded
 
 
+@functools.lru_cache(maxsize=None)
 def pg_dump_major(path: Path) -> int:
-    """Major version from `pg_dump --version` ("pg_dump (PostgreSQL) 18.6" -> 18)."""
+    """Major version from `pg_dump --version` ("pg_dump (PostgreSQL) 18.6" -> 18).
+
+    Cached: find_pg_dump asks it of each candidate and check_pg_dump of the winner again.
+    """
     try:
         result = subprocess.run([str(path), "--version"], capture_output=True, text=True,
                                 timeout=30, check=False)

@@ -1,0 +1,44 @@
+"""URL handling: pure, no database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from runner.errors import UsageError
+from runner.urls import libpq_kwargs, libpq_params, mask, mask_text, parse_url
+
+
+def test_async_and_other_drivers_run_through_sync_psycopg():
+    for text in ("postgresql+asyncpg://u:p@h/db", "postgres://u@h/db",
+                 "postgresql+psycopg2://u@h/db"):
+        assert parse_url(text).drivername == "postgresql+psycopg"
+
+
+@pytest.mark.parametrize("text", ["not a url", "mysql://u:p@h/db"])
+def test_bad_urls_are_usage_errors_without_the_password(text):
+    with pytest.raises(UsageError) as err:
+        parse_url(text)
+    assert ":p@" not in err.value.message
+
+
+def test_masking():
+    url = parse_url("postgresql://u:Secret9@h:5/db")
+    assert "Secret9" not in mask(url)
+    assert mask_text("failed for postgresql://u:Secret9@h/db and password=Secret9 x") == (
+        "failed for postgresql://u:***@h/db and password=*** x")
+
+
+def test_libpq_kwargs_url_parts_win_over_the_query():
+    url = make_url("postgresql://u:pw@h:5433/db?sslmode=require&host=ignored")
+    assert libpq_kwargs(url) == {"host": "h", "port": "5433", "user": "u", "password": "pw",
+                                 "dbname": "db", "sslmode": "require"}
+
+
+def test_libpq_params_keep_the_password_apart_for_child_processes():
+    url = make_url("postgresql://u:pw@/db?host=/run/pg&options=-c%20search_path%3Dapp")
+    public, secret = libpq_params(url)
+    assert public == {"PGHOST": "/run/pg", "PGUSER": "u", "PGDATABASE": "db",
+                      "PGOPTIONS": "-c search_path=app"}
+    assert secret == {"PGPASSWORD": "pw"}
+    assert "pw" not in public.values()
