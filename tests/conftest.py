@@ -7,53 +7,21 @@ PostgreSQL 15 that way). Tests only ever create and drop their own `sm_test_*` d
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy.engine import URL, make_url
+from structlog.testing import capture_logs
+from support import Project, Server, libpq, write_project
 
 from runner.embedded import EmbeddedPostgres
 from runner.main import main
-from support import Project, libpq, write_project
 
 SERVER_ENV = "SAFE_MIGRATE_TEST_SERVER_URL"
-
-
-@dataclass
-class Server:
-    url: URL  # maintenance database URL
-    embedded: EmbeddedPostgres | None
-
-    def database_url(self, name: str) -> URL:
-        return self.url.set(database=name)
-
-    def create_database(self) -> URL:
-        name = f"sm_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(libpq(self.url), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.database_url(name)
-
-    def drop_database(self, url: URL) -> None:
-        assert url.database and url.database.startswith("sm_test_")
-        with psycopg.connect(libpq(self.url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-
-    @property
-    def pg_dump(self) -> str | None:
-        """A pg_dump at least as new as the server: the embedded package's is PostgreSQL 18."""
-        from runner.embedded import bin_dir
-
-        return str(bin_dir() / "pg_dump")
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +32,14 @@ def server() -> Iterator[Server]:
         return
     with EmbeddedPostgres() as pg:
         yield Server(url=pg.url("postgres"), embedded=pg)
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every structlog event of the test, captured: none reaches stdout, which holds the
+    commands' own output. In-process runs use main(..., configure_logging=False) to keep it so."""
+    with capture_logs() as captured:
+        yield captured
 
 
 @pytest.fixture

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import URL
 
+from runner import project as runner_project
+from runner.embedded import EmbeddedPostgres
+
 REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "basic"
 
 
 def libpq(url: URL) -> str:
@@ -92,14 +100,51 @@ ENV_STYLES = {"generic": GENERIC_ENV, "section-engine": SECTION_ENGINE_ENV,
               "connection-attribute": CONNECTION_ATTRIBUTE_ENV}
 
 
+@dataclass
+class Server:
+    url: URL  # maintenance database URL
+    embedded: EmbeddedPostgres | None
+
+    def database_url(self, name: str) -> URL:
+        return self.url.set(database=name)
+
+    def create_database(self) -> URL:
+        name = f"sm_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(libpq(self.url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
+
+    def drop_database(self, url: URL) -> None:
+        assert url.database and url.database.startswith("sm_test_")
+        with psycopg.connect(libpq(self.url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+    @property
+    def pg_dump(self) -> str | None:
+        """A pg_dump at least as new as the server: the embedded package's is PostgreSQL 18."""
+        from runner.embedded import bin_dir
+
+        return str(bin_dir() / "pg_dump")
+
+
+def revision_header(rev: str, down: str | None) -> str:
+    return (f'"""revision {rev}"""\nimport os\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+            f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
+            f"depends_on = None\n\n")
+
+
 def revision_source(rev: str, down: str | None, upgrade: str, downgrade: str = "pass") -> str:
     def body(code: str) -> str:
         return textwrap.indent(textwrap.dedent(code).strip() or "pass", "    ")
 
-    return (f'"""revision {rev}"""\nimport os\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-            f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
-            f"depends_on = None\n\n\ndef upgrade():\n{body(upgrade)}\n\n\n"
+    return (revision_header(rev, down) + f"\ndef upgrade():\n{body(upgrade)}\n\n\n"
             f"def downgrade():\n{body(downgrade)}\n")
+
+
+def chained(revisions: list[tuple[str, str]]) -> list[tuple[str, str | None, str]]:
+    """[(rev, module)] as a linear history: each revision on the one before."""
+    downs: list[str | None] = [None, *(rev for rev, _ in revisions[:-1])]
+    return [(rev, down, module) for (rev, module), down in zip(revisions, downs, strict=True)]
 
 
 @dataclass
@@ -118,6 +163,12 @@ class Project:
         path = self.versions / f"{rev}.py"
         path.write_text(revision_source(rev, down, upgrade, downgrade))
         return path
+
+    def add_modules(self, revisions: list[tuple[str, str | None, str]]) -> Project:
+        """Revisions given as module text after the header: (rev, down_revision, text)."""
+        for rev, down, module in revisions:
+            (self.versions / f"{rev}.py").write_text(revision_header(rev, down) + module)
+        return self
 
 
 def write_project(root: Path, revisions: list[tuple[str, str]], env_style: str = "generic",
@@ -224,3 +275,41 @@ def tables_of(sql: Callable[..., list[tuple[Any, ...]]]) -> set[str]:
 
 def advisory_locks(sql: Callable[..., list[tuple[Any, ...]]]) -> int:
     return int(sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0])
+
+
+#: The conftest `make_project` fixture: make_project(revisions, env_style="generic", url=None).
+MakeProject = Callable[..., Project]
+
+
+def load_alembic_project(ini: Path) -> runner_project.Project:
+    """The runner's view of a project (alembic Config + ScriptDirectory), as the CLI loads it."""
+    from runner.main import build_parser
+    from runner.settings import from_args
+
+    return runner_project.load_project(
+        from_args(build_parser().parse_args(["plan", "-c", str(ini)])))
+
+
+@contextlib.contextmanager
+def open_transaction(db: URL, statement: str, *, hold: float) -> Iterator[int]:
+    """Another session runs `statement` and keeps its transaction open (holding its locks)
+    for at most `hold` seconds, in a thread; yields that session's pid. Leaving the block
+    ends the transaction at once if it is still open."""
+    started, release, pid = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        with psycopg.connect(libpq(db)) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+            pid.append(conn.info.backend_pid)
+            started.set()
+            release.wait(hold)
+            conn.rollback()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert started.wait(10), "the blocking session did not start"
+        yield pid[0]
+    finally:
+        release.set()
+        thread.join()

@@ -7,15 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import MakeProject, chained, load_alembic_project
 
 from runner import lint
 from runner.errors import UsageError
-from runner.main import build_parser
 from runner.planning.history import load_history
-from runner.project import load_project
-from runner.settings import from_args
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "basic"
 
 CREATE = '''
 def upgrade():
@@ -44,39 +40,22 @@ def downgrade():
 '''
 
 
-def make_project(root: Path, revisions: list[tuple[str, str]],
-                 extra: dict[str, str] | None = None) -> Path:
-    """alembic.ini + env.py (the example's) + one versions/<rev>_rev.py per (rev, body)."""
-    (root / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
-    shutil.copy(EXAMPLE / "env.py", root / "env.py")
-    down = None
-    for rev, body in revisions:
-        header = (f'"""{rev}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-                  f"revision = {rev!r}\ndown_revision = {down!r}\n"
-                  "branch_labels = None\ndepends_on = None\n")
-        text = header + (extra or {}).get(rev, "") + body
-        (root / "versions" / f"{rev}_rev.py").write_text(text)
-        down = rev
-    return root / "alembic.ini"
-
-
 def _lint(ini: Path) -> list[lint.Finding]:
-    settings = from_args(build_parser().parse_args(["plan", "-c", str(ini), "--from", "base"]))
-    project = load_project(settings)
+    project = load_alembic_project(ini)
     history = load_history(project.script)
     return lint.lint_pending(project, history, [s.revision for s in history.revisions])
 
 
-def test_findings_are_mapped_to_the_revision_file(tmp_path: Path) -> None:
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", INDEX), ("r3", REQUIRED)])
+def test_findings_are_mapped_to_the_revision_file(make_project: MakeProject) -> None:
+    revisions = chained([("r1", CREATE), ("r2", INDEX), ("r3", REQUIRED)])
+    ini = make_project([]).add_modules(revisions).ini
     findings = _lint(ini)
     by_rule = {(f.revision, f.rule): f for f in findings}
     index = by_rule[("r2", "require-concurrent-index-creation")]
-    assert index.path.endswith("r2_rev.py")
+    assert index.path.endswith("/r2.py")
     assert index.line == 1 and index.level == "warning" and index.help
     required = by_rule[("r3", "adding-required-field")]
-    assert required.path.endswith("r3_rev.py")
+    assert required.path.endswith("/r3.py")
     # alembic's own bookkeeping (alembic_version VARCHAR, BEGIN/COMMIT) is not linted,
     # nor are the rules the runner makes moot (it sets lock_timeout itself).
     rules = {f.rule for f in findings}
@@ -85,15 +64,16 @@ def test_findings_are_mapped_to_the_revision_file(tmp_path: Path) -> None:
     assert all(f.revision in ("r1", "r2", "r3") for f in findings)
 
 
-def test_ignore_comment_silences_one_rule_for_one_revision(tmp_path: Path) -> None:
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", INDEX), ("r3", REQUIRED)],
-                       extra={"r3": "# safe-migrate: ignore=adding-required-field\n"})
+def test_ignore_comment_silences_one_rule_for_one_revision(make_project: MakeProject) -> None:
+    silenced = "# safe-migrate: ignore=adding-required-field\n" + REQUIRED
+    ini = make_project([]).add_modules(
+        chained([("r1", CREATE), ("r2", INDEX), ("r3", silenced)])).ini
     rules = {(f.revision, f.rule) for f in _lint(ini)}
     assert ("r3", "adding-required-field") not in rules
     assert ("r2", "require-concurrent-index-creation") in rules
 
 
-def test_squawk_ignore_comment_in_op_execute(tmp_path: Path) -> None:
+def test_squawk_ignore_comment_in_op_execute(make_project: MakeProject) -> None:
     body = '''
 def upgrade():
     op.execute("-- squawk-ignore require-concurrent-index-creation\\n"
@@ -103,12 +83,12 @@ def upgrade():
 def downgrade():
     op.execute("DROP INDEX ix_a")
 '''
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", body)])
+    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", body)])).ini
     assert ("r2", "require-concurrent-index-creation") not in {
         (f.revision, f.rule) for f in _lint(ini)}
 
 
-def test_autocommit_block_sql_is_linted_outside_the_transaction(tmp_path: Path) -> None:
+def test_autocommit_block_sql_is_linted_outside_the_transaction(make_project: MakeProject) -> None:
     body = '''
 def upgrade():
     with op.get_context().autocommit_block():
@@ -118,7 +98,7 @@ def upgrade():
 def downgrade():
     op.drop_index("ix_a", table_name="accounts")
 '''
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", body)])
+    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", body)])).ini
     rules = {(f.revision, f.rule) for f in _lint(ini)}
     # CONCURRENTLY outside the transaction is fine; without IF NOT EXISTS a retry after a
     # partial apply fails, which squawk's prefer-robust-stmts says.

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from structlog.testing import capture_logs
+from sqlalchemy.engine import URL
+from support import MakeProject, chained
 
-from runner import logging as runner_logging
-from runner.embedded import EmbeddedPostgres
 from runner.main import main
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "basic"
 
 CREATE = '''
 def upgrade():
@@ -57,45 +51,17 @@ def downgrade():
 '''
 
 
-def make_project(root: Path, revisions: list[tuple[str, str | None, str]]) -> Path:
-    """alembic.ini + env.py (the example's) + versions/<rev>_rev.py per (rev, down, body)."""
-    (root / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
-    shutil.copy(EXAMPLE / "env.py", root / "env.py")
-    for rev, down, body in revisions:
-        header = (f'"""{rev}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-                  f"revision = {rev!r}\ndown_revision = {down!r}\n"
-                  "branch_labels = None\ndepends_on = None\n")
-        (root / "versions" / f"{rev}_rev.py").write_text(header + body)
-    return root / "alembic.ini"
-
-
 LINEAR = [("r1", None, CREATE), ("r2", "r1", CONCURRENT), ("r3", "r2", ADD)]
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[EmbeddedPostgres]:
-    with EmbeddedPostgres() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    """Every structlog event of the test (none reaches stdout, which holds plan's output)."""
-    # main() reconfigures structlog, which would replace capture_logs' processor list.
-    monkeypatch.setattr(runner_logging, "configure", lambda *_a, **_k: None)
-    with capture_logs() as captured:
-        yield captured
-
-
 def _plan_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["plan", "--format", "json", *argv])
+    code = main(["plan", "--format", "json", *argv], configure_logging=False)
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_plan_from_base_needs_no_database(tmp_path: Path, logs: list[dict[str, Any]],
+def test_plan_from_base_needs_no_database(make_project: MakeProject, logs: list[dict[str, Any]],
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
+    ini = make_project([]).add_modules(LINEAR).ini
     code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "base"])
     assert code == 0
     assert doc["preflight"] == {"ok": True, "error": None} and doc["allowed"] is True
@@ -107,7 +73,7 @@ def test_plan_from_base_needs_no_database(tmp_path: Path, logs: list[dict[str, A
     assert "autocommit_block()" in revs["r2"]["non_transactional_reasons"]
     for p in doc["pending"]:  # one transaction per revision, as upgrade runs it
         assert p["sql"].startswith("BEGIN;") and p["sql"].rstrip().endswith("COMMIT;")
-        assert p["path"].endswith(f"{p['revision']}_rev.py")
+        assert p["path"].endswith(f"/{p['revision']}.py")
     assert "CREATE TABLE accounts" in revs["r1"]["sql"]
     assert "CREATE UNIQUE INDEX CONCURRENTLY" not in revs["r2"]["sql"]
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_accounts_email" in revs["r2"]["sql"]
@@ -117,61 +83,53 @@ def test_plan_from_base_needs_no_database(tmp_path: Path, logs: list[dict[str, A
     assert any(e["event"] == "preflight.ok" and e["pending"] == 3 for e in logs)
 
 
-def test_plan_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
-    assert main(["plan", "-c", str(ini), "--from", "r1"]) == 0
+def test_plan_text_output(make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    ini = make_project([]).add_modules(LINEAR).ini
+    assert main(["plan", "-c", str(ini), "--from", "r1"], configure_logging=False) == 0
     out = capsys.readouterr().out
     assert "preflight: ok" in out and "pending: 2 revision(s)" in out
     assert "== r2" in out and "NOT transactional" in out and "upgrade would start" in out
     assert "== r1" not in out
 
 
-def test_plan_reads_the_database(tmp_path: Path, pg: EmbeddedPostgres,
+def test_plan_reads_the_database(make_project: MakeProject, db: URL,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
-    url = pg.url().render_as_string(hide_password=False)
+    ini = make_project([]).add_modules(LINEAR).ini
+    url = db.render_as_string(hide_password=False)
     config = Config(str(ini))
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "r1")
-    try:
-        code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url])
-        assert code == 0 and doc["current"] == ["r1"]
-        assert [p["revision"] for p in doc["pending"]] == ["r2", "r3"]
-        assert doc["pending"][0]["sql"].startswith("BEGIN;")
-        # an explicit TARGET limits the plan
-        code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url, "r2"])
-        assert code == 0 and [p["revision"] for p in doc["pending"]] == ["r2"]
-    finally:
-        command.downgrade(config, "base")
+    code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url])
+    assert code == 0 and doc["current"] == ["r1"]
+    assert [p["revision"] for p in doc["pending"]] == ["r2", "r3"]
+    assert doc["pending"][0]["sql"].startswith("BEGIN;")
+    # an explicit TARGET limits the plan
+    code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url, "r2"])
+    assert code == 0 and [p["revision"] for p in doc["pending"]] == ["r2"]
 
 
-def test_plan_unknown_database_revision_is_refused(tmp_path: Path, pg: EmbeddedPostgres,
+def test_plan_unknown_database_revision_is_refused(make_project: MakeProject, db: URL,
+                                                   sql: Callable[..., Any],
                                                    logs: list[dict[str, Any]],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
-    url = pg.url().render_as_string(hide_password=False)
+    ini = make_project([]).add_modules(LINEAR).ini
+    url = db.render_as_string(hide_password=False)
     config = Config(str(ini))
     config.set_main_option("sqlalchemy.url", url)
     command.stamp(config, "r1")
-    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres",
-                         dbname="postgres", autocommit=True) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = 'gone'")
-    try:
-        code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url])
-        assert code == 3 and doc["preflight"]["ok"] is False
-        assert "gone" in doc["preflight"]["error"]
-        assert any(e["event"] == "preflight.failed" for e in logs)
-    finally:
-        with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres",
-                             dbname="postgres", autocommit=True) as conn:
-            conn.execute("DROP TABLE alembic_version")
+    sql("UPDATE alembic_version SET version_num = 'gone'")
+    code, doc = _plan_json(capsys, ["-c", str(ini), "--database-url", url])
+    assert code == 3 and doc["preflight"]["ok"] is False
+    assert "gone" in doc["preflight"]["error"]
+    assert any(e["event"] == "preflight.failed" for e in logs)
 
 
-def test_plan_multiple_heads_refused_without_database(tmp_path: Path,
+def test_plan_multiple_heads_refused_without_database(make_project: MakeProject,
                                                       logs: list[dict[str, Any]],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, [("r1", None, CREATE), ("a2", "r1", ADD), ("b2", "r1", INDEX)])
-    code = main(["plan", "-c", str(ini), "--from", "heads"])
+    branches = [("r1", None, CREATE), ("a2", "r1", ADD), ("b2", "r1", INDEX)]
+    ini = make_project([]).add_modules(branches).ini
+    code = main(["plan", "-c", str(ini), "--from", "heads"], configure_logging=False)
     assert code == 3
     out = capsys.readouterr()
     assert "multiple heads" in out.out + out.err and "alembic -c" in out.out
@@ -179,21 +137,21 @@ def test_plan_multiple_heads_refused_without_database(tmp_path: Path,
     assert failed and "merge" in failed[0]["reason"]
 
 
-def test_plan_single_head_pre_commit_check(tmp_path: Path,
+def test_plan_single_head_pre_commit_check(make_project: MakeProject,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
-    assert main(["plan", "-c", str(ini), "--from", "heads"]) == 0
+    ini = make_project([]).add_modules(LINEAR).ini
+    assert main(["plan", "-c", str(ini), "--from", "heads"], configure_logging=False) == 0
     assert "pending: 0 revision(s)" in capsys.readouterr().out
 
 
-def test_plan_lint_modes(tmp_path: Path, logs: list[dict[str, Any]],
+def test_plan_lint_modes(make_project: MakeProject, logs: list[dict[str, Any]],
                         capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, [("r1", None, CREATE), ("r2", "r1", ADD), ("r3", "r2", INDEX)])
+    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD), ("r3", INDEX)])).ini
     code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "r1"])
     assert code == 0 and doc["allowed"] is True
     r3 = doc["pending"][1]
     assert [f["rule"] for f in r3["findings"]] == ["require-concurrent-index-creation"]
-    assert r3["findings"][0]["path"].endswith("r3_rev.py")
+    assert r3["findings"][0]["path"].endswith("/r3.py")
     assert any(e["event"] == "lint.finding" and e["log_level"] == "warning"
                and e["revision"] == "r3" for e in logs)
 
@@ -204,6 +162,6 @@ def test_plan_lint_modes(tmp_path: Path, logs: list[dict[str, Any]],
     assert code == 0 and doc["lint"]["findings"] == 0
 
 
-def test_plan_unknown_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, LINEAR)
-    assert main(["plan", "-c", str(ini), "--from", "base", "nope"]) == 3
+def test_plan_unknown_target(make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    ini = make_project([]).add_modules(LINEAR).ini
+    assert main(["plan", "-c", str(ini), "--from", "base", "nope"], configure_logging=False) == 3

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from structlog.testing import capture_logs
-
 from support import (
     advisory_locks,
     cli_args,
     json_events,
-    libpq,
+    open_transaction,
     spawn,
     tables_of,
     version_of,
@@ -76,32 +73,24 @@ def test_failure_in_third_of_five_rolls_back_alone(make_project, db, sql, run_cl
     assert advisory_locks(sql) == 0
 
 
-def _blocker(db, table: str, hold: float, started: threading.Event, pid: list[int]) -> None:
-    with psycopg.connect(libpq(db)) as conn:
-        conn.execute(f"SELECT * FROM {table}")  # ACCESS SHARE, held by the open transaction
-        pid.append(conn.info.backend_pid)
-        started.set()
-        time.sleep(hold)
-        conn.rollback()
+def _hot_table_at_r1(make_project, db, run_cli, tmp_path):
+    project = make_project([("r1", "op.create_table('hot', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.add_column('hot', sa.Column('note', sa.Text))")])
+    assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
+    return project
 
 
 def test_blocked_migration_is_retried_until_the_blocker_ends(make_project, db, sql, run_cli,
                                                              tmp_path):
-    project = make_project([("r1", "op.create_table('hot', sa.Column('id', sa.Integer))"),
-                            ("r2", "op.add_column('hot', sa.Column('note', sa.Text))")])
-    assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
-    started, pid = threading.Event(), []
-    blocker = threading.Thread(target=_blocker, args=(db, "hot", 2.5, started, pid))
-    blocker.start()
-    started.wait(10)
-    with capture_logs() as logs:
+    project = _hot_table_at_r1(make_project, db, run_cli, tmp_path)
+    # ACCESS SHARE held by an open transaction for 2.5 s, while the run goes on.
+    with open_transaction(db, "SELECT * FROM hot", hold=2.5) as pid, capture_logs() as logs:
         code = run_cli(cli_args(project, db, "--lock-timeout", "200ms", "--lock-retries", "10",
                                 artifacts=tmp_path / "a1"))
-    blocker.join()
     assert code == 0 and version_of(sql) == ["r2"]
     retries = events_named(logs, "migration.retry")
     assert retries and all(e["revision"] == "r2" and e["sqlstate"] == "55P03" for e in retries)
-    assert pid[0] in retries[0]["blocking_pids"]
+    assert pid in retries[0]["blocking_pids"]
     assert "SELECT * FROM hot" in retries[0]["blockers"][0]["query"]
     run = json.loads((tmp_path / "a1" / "run.json").read_text())
     assert run["migrations"][0]["attempts"] == len(retries) + 1
@@ -109,21 +98,14 @@ def test_blocked_migration_is_retried_until_the_blocker_ends(make_project, db, s
 
 
 def test_retries_exhausted_exit_5_naming_the_blocker(make_project, db, sql, run_cli, tmp_path):
-    project = make_project([("r1", "op.create_table('hot', sa.Column('id', sa.Integer))"),
-                            ("r2", "op.add_column('hot', sa.Column('note', sa.Text))")])
-    assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
-    started, pid = threading.Event(), []
-    blocker = threading.Thread(target=_blocker, args=(db, "hot", 6, started, pid))
-    blocker.start()
-    started.wait(10)
-    with capture_logs() as logs:
+    project = _hot_table_at_r1(make_project, db, run_cli, tmp_path)
+    with open_transaction(db, "SELECT * FROM hot", hold=30) as pid, capture_logs() as logs:
         code = run_cli(cli_args(project, db, "--lock-timeout", "200ms", "--lock-retries", "1",
                                 artifacts=tmp_path / "a1"))
     assert code == 5
     assert len(events_named(logs, "migration.retry")) == 1
     plan = json.loads((tmp_path / "a1" / "recovery-plan.json").read_text())
-    assert f"pid {pid[0]}" in plan["error"]
-    blocker.join()
+    assert f"pid {pid}" in plan["error"]
     assert version_of(sql) == ["r1"] and advisory_locks(sql) == 0
 
 

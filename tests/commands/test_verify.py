@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from structlog.testing import capture_logs
+from support import MakeProject, Server, chained, libpq
 
-from runner import logging as runner_logging
-from runner.embedded import EmbeddedPostgres
 from runner.main import main
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "basic"
 
 CREATE = '''
 def upgrade():
@@ -52,51 +46,22 @@ def downgrade():
 '''
 
 
-def make_project(root: Path, revisions: list[tuple[str, str]]) -> Path:
-    """alembic.ini + env.py (the example's) + a linear versions/<rev>_rev.py chain."""
-    (root / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
-    shutil.copy(EXAMPLE / "env.py", root / "env.py")
-    down = None
-    for rev, body in revisions:
-        header = (f'"""{rev}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-                  f"revision = {rev!r}\ndown_revision = {down!r}\n"
-                  "branch_labels = None\ndepends_on = None\n")
-        (root / "versions" / f"{rev}_rev.py").write_text(header + body)
-        down = rev
-    return root / "alembic.ini"
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[EmbeddedPostgres]:
-    with EmbeddedPostgres() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    # main() reconfigures structlog, which would replace capture_logs' processor list.
-    monkeypatch.setattr(runner_logging, "configure", lambda *_a, **_k: None)
-    with capture_logs() as captured:
-        yield captured
-
-
 def _steps(logs: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     return [(e["revision"], e["direction"], e["ok"]) for e in logs if e["event"] == "verify.step"]
 
 
-def _databases(pg: EmbeddedPostgres) -> list[str]:
-    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres",
-                         autocommit=True) as conn:
+def _databases(server: Server) -> list[str]:
+    with psycopg.connect(libpq(server.url), autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
 
 
-def test_verify_healthy_history_on_embedded(tmp_path: Path, logs: list[dict[str, Any]],
+def test_verify_healthy_history_on_embedded(tmp_path: Path, make_project: MakeProject,
+                                            logs: list[dict[str, Any]],
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", ADD), ("r3", INDEX)])
+    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD), ("r3", INDEX)])).ini
     schema_dir, heads = tmp_path / "schemas", tmp_path / "heads.sql"
     code = main(["verify", "-c", str(ini), "--schema-dir", str(schema_dir),
-                 "--write-schema", str(heads)])
+                 "--write-schema", str(heads)], configure_logging=False)
     assert code == 0
     assert _steps(logs) == [(rev, d, True) for rev in ("r1", "r2", "r3")
                             for d in ("upgrade", "downgrade", "re-upgrade")]
@@ -111,12 +76,13 @@ def test_verify_healthy_history_on_embedded(tmp_path: Path, logs: list[dict[str,
 
 
 def test_verify_reports_the_failing_downgrade_and_goes_on(
-        tmp_path: Path, pg: EmbeddedPostgres, logs: list[dict[str, Any]],
+        make_project: MakeProject, server: Server, logs: list[dict[str, Any]],
         capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project(tmp_path, [("r1", CREATE), ("r2", BROKEN_DOWN), ("r3", ADD)])
-    before = set(_databases(pg))
+    history = chained([("r1", CREATE), ("r2", BROKEN_DOWN), ("r3", ADD)])
+    ini = make_project([]).add_modules(history).ini
+    before = set(_databases(server))
     code = main(["verify", "-c", str(ini), "--database-url",
-                 pg.url().render_as_string(hide_password=False)])
+                 server.url.render_as_string(hide_password=False)], configure_logging=False)
     assert code == 3
     failed = [e for e in logs if e["event"] == "verify.failed"]
     assert [(e["revision"], e["direction"]) for e in failed] == [("r2", "downgrade")]
@@ -131,7 +97,7 @@ def test_verify_reports_the_failing_downgrade_and_goes_on(
     assert "FAILED r2 downgrade" in out.out
     assert "r2 downgrade" in out.err
     # the temporary database is gone again
-    assert set(_databases(pg)) == before
+    assert set(_databases(server)) == before
 
 
 def test_verify_optuna_migrations(logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
@@ -139,7 +105,7 @@ def test_verify_optuna_migrations(logs: list[dict[str, Any]], monkeypatch: pytes
     optuna = pytest.importorskip("optuna")
     rdb = Path(optuna.__file__).parent / "storages" / "_rdb"
     monkeypatch.chdir(rdb)  # its alembic.ini says script_location = alembic (relative)
-    code = main(["verify", "-c", "alembic.ini"])
+    code = main(["verify", "-c", "alembic.ini"], configure_logging=False)
     assert code == 3
     failed = {(e["revision"], e["direction"]) for e in logs if e["event"] == "verify.failed"}
     assert ("v3.0.0.c", "downgrade") in failed

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+from support import load_alembic_project as _project
+
 from runner.planning.offline import downgrade_template
-from runner.project import load_project
-from runner.settings import from_args
-from runner.main import build_parser
-
-
-def _project(ini):
-    return load_project(from_args(build_parser().parse_args(["plan", "-c", str(ini)])))
 
 
 def test_downgrade_template_is_the_revisions_own_offline_sql(make_project):

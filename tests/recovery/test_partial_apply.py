@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from structlog.testing import capture_logs
-
-from support import advisory_locks, cli_args, libpq, spawn, tables_of, version_of
+from support import advisory_locks, cli_args, open_transaction, spawn, tables_of, version_of
 
 FAIL_SWITCH = "if os.environ.get('SM_FAIL'):\n    raise RuntimeError('failing on purpose')"
 
@@ -39,23 +36,12 @@ def test_cic_cancelled_by_lock_timeout_leaves_invalid_index(make_project, db, sq
                "postgresql_concurrently=True)"),
     ])
     assert run_cli(cli_args(project, db, "r1", artifacts=tmp_path / "a0")) == 0
-    holding, release = threading.Event(), threading.Event()
-
-    def blocker() -> None:
-        with psycopg.connect(libpq(db)) as conn:
-            conn.execute("INSERT INTO items VALUES (1, 'x')")  # a writer CIC must wait for
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=blocker)
-    thread.start()
-    holding.wait(10)
     art = tmp_path / "a1"
-    with capture_logs() as logs:
+    # An open transaction that wrote to the table: CIC must wait for it, and times out.
+    with open_transaction(db, "INSERT INTO items VALUES (1, 'x')", hold=30), \
+            capture_logs() as logs:
         code = run_cli(cli_args(project, db, "--lock-timeout", "300ms", "--lock-retries", "3",
                                 artifacts=art))
-    release.set()
-    thread.join()
     assert code == 6
     assert not [e for e in logs if e["event"] == "migration.retry"]  # never retried blindly
     plan = plan_of(art)
