@@ -38,11 +38,12 @@ class Artifacts:
         return path
 
     def write_json(self, name: str, data: Any) -> Path:
-        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        return self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def find_run_dirs(location: Path) -> list[Path]:
-    """Run directories at `location`: itself if it holds run.json, else its children, newest last."""
+    """Run directories at `location`: itself if it holds run.json, else its children,
+    newest last."""
     if (location / RUN_FILE).is_file():
         return [location]
     if not location.is_dir():
@@ -59,7 +60,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 def write_termination_log(path: Path, line: str) -> None:
     """Kubernetes shows this file as the container's termination message."""
     try:
-        if path.exists() and os.access(path, os.W_OK) or (
+        if (path.exists() and os.access(path, os.W_OK)) or (
                 not path.exists() and os.access(path.parent, os.W_OK)):
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(line[:4000] + "\n")

@@ -116,7 +116,8 @@ class EmbeddedPostgres:
                                     cwd=self.root, check=False)
             if check and result.returncode != 0:
                 out.seek(0)
-                raise RuntimeError(f"{Path(args[0]).name} failed: {out.read().decode(errors='replace')}")
+                output = out.read().decode(errors="replace")
+                raise RuntimeError(f"{Path(args[0]).name} failed: {output}")
 
     def _chown(self, path: Path) -> None:
         if self._user is None:

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         return _report(exc, exc.exit_code, debug, settings, args_list)
     except KeyboardInterrupt:
         return _report(None, ExitCode.INTERRUPTED, debug, settings, args_list, "interrupted")
-    except Exception as exc:  # a bug: say so, in one line unless --debug
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, in one line unless --debug
         return _report(exc, ExitCode.INTERNAL, debug, settings, args_list,
                        f"internal error (a bug, please report it): {type(exc).__name__}: {exc}")
 

@@ -6,16 +6,14 @@ import argparse
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import URL
 
 from runner.durations import parse_duration
 from runner.errors import UsageError
 from runner.urls import parse_url
-
 
 ARTIFACTS_ROOT = Path("migration-artifacts")
 
@@ -46,7 +44,7 @@ class Settings:
 
 
 def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 

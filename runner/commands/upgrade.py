@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,12 @@ import alembic
 import psycopg
 
 from runner import __version__, lint
-from runner.commands.plan import add_lint_argument
-from runner.db.connect import first_line
 from runner.artifacts import Artifacts, write_termination_log
+from runner.commands.plan import add_lint_argument
+from runner.db import catalog
+from runner.db.connect import connect, first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
+from runner.db.probe import probe
 from runner.errors import (
     ExitCode,
     PartialApplyError,
@@ -27,9 +29,6 @@ from runner.errors import (
 )
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
-from runner.db import catalog
-from runner.db.connect import connect
-from runner.db.probe import probe
 from runner.planning.history import History, check_target, load_history, pending
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
@@ -116,7 +115,7 @@ class UpgradeJob:
         self.log = log
         self.pg_dump = pg_dump
         self.interrupted = interrupted
-        self.started = datetime.now(timezone.utc)
+        self.started = datetime.now(UTC)
         self.before: str | None = None
         self.pre_step: dict[str, str] = {}
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
@@ -275,7 +274,7 @@ class UpgradeJob:
             "config": str(self.settings.config_file),
             "target": self.settings.target,
             "started_at": self.started.isoformat(),
-            "ended_at": None if code is None else datetime.now(timezone.utc).isoformat(),
+            "ended_at": None if code is None else datetime.now(UTC).isoformat(),
             "outcome": "running" if code is None else _outcome(ExitCode(code)),
             "exit_code": code,
             "error": error.message if error else None,
@@ -289,7 +288,8 @@ class UpgradeJob:
 
 def _outcome(code: ExitCode) -> str:
     return {
-        ExitCode.OK: "success", ExitCode.USAGE: "usage-error", ExitCode.PREFLIGHT: "preflight-refused",
+        ExitCode.OK: "success", ExitCode.USAGE: "usage-error",
+        ExitCode.PREFLIGHT: "preflight-refused",
         ExitCode.LOCK_BUSY: "lock-busy", ExitCode.MIGRATION_FAILED: "migration-failed",
         ExitCode.PARTIAL_APPLY: "partial-apply", ExitCode.UNREACHABLE: "unreachable",
         ExitCode.INTERRUPTED: "interrupted",

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'"
+_USER_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                 "AND n.nspname NOT LIKE 'pg_toast%%'")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def classify_connect_error(exc: BaseException) -> UsageError | None:
     """Errors no retry can fix and that are configuration, not reachability (exit 2)."""
     sqlstate = getattr(exc, "sqlstate", None)
     text = str(exc)
-    if sqlstate == "3D000" or "does not exist" in text and "database" in text:
+    if sqlstate == "3D000" or ("does not exist" in text and "database" in text):
         return UsageError(f"database does not exist: {first_line(mask_text(text))}")
     return None
 

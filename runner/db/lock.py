@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -86,9 +87,7 @@ class AdvisoryLock:
         if not self.held:
             return
         self.held = False
-        try:
+        # If the connection is gone, so is the session lock: nothing left to free.
+        with contextlib.suppress(psycopg.Error):
             self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-        except psycopg.Error:
-            # The connection is gone, and with it the session lock: nothing left to free.
-            pass
         self.log.info("lock.released", key=self.key)

@@ -97,7 +97,8 @@ def check_target(history: History, target: str, *, config_hint: str) -> tuple[st
     try:
         resolved = history.script.get_revisions(target)
     except MultipleHeads as exc:
-        raise MultipleHeadsError(list(exc.heads), merge_command(tuple(exc.heads), config_hint))
+        raise MultipleHeadsError(
+            list(exc.heads), merge_command(tuple(exc.heads), config_hint)) from None
     except (ResolutionError, CommandError, RevisionError) as exc:
         raise PreflightError(f"target revision {target!r} not found: {exc}") from None
     return tuple(rev.revision for rev in resolved if rev is not None)

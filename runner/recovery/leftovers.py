@@ -12,17 +12,13 @@ from runner.recovery.plan import Leftover
 from runner.schema import snapshot
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def find_leftovers(conn: psycopg.Connection[Any], before: str | None,
                    after: str | None) -> list[Leftover]:
     found: dict[tuple[str, str, str], Leftover] = {}
     for index in catalog.invalid_indexes(conn):
-        sql = f"DROP INDEX CONCURRENTLY IF EXISTS {_quote(index['schema'])}.{_quote(index['name'])};"
+        obj = snapshot.SchemaObject("index", index["schema"], index["name"], index["table"])
         found[("index", index["schema"], index["name"])] = Leftover(
-            "invalid_index", index["schema"], index["name"], index["table"], sql)
+            "invalid_index", index["schema"], index["name"], index["table"], obj.drop_sql())
     if before is not None and after is not None:
         for obj in snapshot.created_objects(before, after):
             schema = obj.schema or "public"
@@ -32,9 +28,10 @@ def find_leftovers(conn: psycopg.Connection[Any], before: str | None,
         key = ("constraint", con["schema"], con["name"])
         if key in found:
             continue  # created by the failed migration: its DROP is already planned
+        table = snapshot.SchemaObject("table", con["schema"], con["table"]).qualified
         found[key] = Leftover(
             "not_valid_constraint", con["schema"], con["name"], con["table"],
             f"-- NOT VALID constraint {con['name']} on {con['schema']}.{con['table']}: run "
-            f"ALTER TABLE {_quote(con['schema'])}.{_quote(con['table'])} VALIDATE CONSTRAINT "
-            f"{_quote(con['name'])}; when the data allows, or drop it")
+            f"ALTER TABLE {table} VALIDATE CONSTRAINT {snapshot.quote_ident(con['name'])}; "
+            "when the data allows, or drop it")
     return list(found.values())

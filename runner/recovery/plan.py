@@ -43,7 +43,7 @@ class RecoveryPlan:
 
 
 def _revision_arg(revisions: list[str]) -> str:
-    return revisions[0] if len(revisions) == 1 else ("base" if not revisions else " ".join(revisions))
+    return " ".join(revisions) if revisions else "base"
 
 
 def build_plan(*, status: str, current: list[str], failed_revision: str | None,
@@ -70,7 +70,7 @@ def build_plan(*, status: str, current: list[str], failed_revision: str | None,
         if executable:
             commands.append(f"safe-migrate recover {ini} --execute   "
                             "# or run rollback.sql by hand, then stamp")
-            commands.append(f'psql "$DATABASE_URL" -f rollback.sql   # the same statements')
+            commands.append('psql "$DATABASE_URL" -f rollback.sql   # the same statements')
         if current != [stamp] and stamp != "base":
             commands.append(f"alembic {ini} stamp {stamp}")
         where = failed_path or f"revision {failed_revision}"
@@ -101,8 +101,9 @@ def render_markdown(plan: RecoveryPlan) -> str:
               f"- stamp target: `{plan.stamp_target}`", ""]
     lines += ["## Left behind", ""]
     if plan.leftover_objects:
-        lines += [f"- {o['kind']} `{o['schema']}.{o['name']}`"
-                  + (f" on `{o['table']}`" if o.get("table") else "") for o in plan.leftover_objects]
+        for o in plan.leftover_objects:
+            table = f" on `{o['table']}`" if o.get("table") else ""
+            lines.append(f"- {o['kind']} `{o['schema']}.{o['name']}`{table}")
     else:
         lines.append("Nothing: the failed migration left no committed changes.")
     lines += ["", "## Rollback SQL", "", "```sql", *(plan.rollback_sql or ["-- none needed"]),

@@ -53,7 +53,8 @@ def find_pg_dump(explicit: str | Path | None = None) -> Path:
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise UsageError(f"pg_dump not found at {explicit}: pass --pg-dump an executable pg_dump")
+            raise UsageError(
+                f"pg_dump not found at {explicit}: pass --pg-dump an executable pg_dump")
         return path
     best: tuple[int, Path] | None = None
     for candidate in _candidates():
@@ -83,7 +84,7 @@ def _candidates() -> Iterator[Path]:
         yield embedded
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pg_dump_major(path: Path) -> int:
     """Major version from `pg_dump --version` ("pg_dump (PostgreSQL) 18.6" -> 18).
 
@@ -192,7 +193,8 @@ class _Quotes:
                 self.open, i = char, i + 1
             elif line.startswith("--", i):
                 return
-            elif char == "$" and (match := _DOLLAR_QUOTE.match(line, i)) and not _ident_char(line, i - 1):
+            elif (char == "$" and (match := _DOLLAR_QUOTE.match(line, i))
+                  and not _ident_char(line, i - 1)):
                 self.open, i = match.group(), match.end()
             else:
                 i += 1
@@ -324,7 +326,8 @@ class SchemaObject:
                           f"DROP CONSTRAINT IF EXISTS {quote_ident(self.name)};",
             "column": f"ALTER TABLE IF EXISTS {self.qualified_table} "
                       f"DROP COLUMN IF EXISTS {quote_ident(self.name)};",
-            "trigger": f"DROP TRIGGER IF EXISTS {quote_ident(self.name)} ON {self.qualified_table};",
+            "trigger": f"DROP TRIGGER IF EXISTS {quote_ident(self.name)} "
+                       f"ON {self.qualified_table};",
             "schema": f"DROP SCHEMA IF EXISTS {self.qualified};",
             "extension": f"DROP EXTENSION IF EXISTS {self.qualified};",
         }
@@ -342,7 +345,8 @@ class SchemaObject:
         if self.table is not None:
             return f"{self.kind} {self.name} on {self.schema}.{self.table}"
         name = f"{self.schema}.{self.name}" if self.schema else self.name
-        return f"{self.kind} {name}({self.args})" if self.args is not None else f"{self.kind} {name}"
+        args = f"({self.args})" if self.args is not None else ""
+        return f"{self.kind} {name}{args}"
 
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'

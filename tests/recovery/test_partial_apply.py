@@ -3,6 +3,7 @@ and then upgraded to head. Real PostgreSQL throughout."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -144,7 +145,7 @@ def test_status_reports_the_killed_run(make_project, db, sql, run_cli, tmp_path,
     proc = spawn(cli_args(project, db, artifacts=art))
     while True:
         line = proc.stderr.readline()
-        if '"migration.start"' in line and '"r2"' in line or not line:
+        if ('"migration.start"' in line and '"r2"' in line) or not line:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -168,7 +169,7 @@ def test_recover_without_yes_is_refused_non_interactively(make_project, db, run_
                "op.execute('COMMIT')\n" + FAIL_SWITCH)])
     monkeypatch.setenv("SM_FAIL", "1")
     assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 6
-    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    monkeypatch.setattr("sys.stdin", io.StringIO())  # not a terminal
     assert run_cli(cli_args(project, db, "--execute", command="recover",
                             artifacts=tmp_path / "a")) == 2
 
