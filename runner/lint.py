@@ -26,7 +26,7 @@ from alembic.script import Script
 
 from runner.errors import PreflightError, UsageError
 from runner.planning.history import History
-from runner.planning.offline import offline_sql
+from runner.planning.offline import RUNNING, offline_sql, split_by_revision
 from runner.project import Project
 
 LintMode = Literal["error", "warn", "off"]
@@ -49,7 +49,6 @@ EXCLUDED_RULES: tuple[str, ...] = (
 # after a partial apply re-runs, so they need IF [NOT] EXISTS.
 
 _IGNORE_COMMENT = re.compile(r"^\s*#\s*safe-migrate:\s*ignore\s*=\s*([\w\-, ]+)", re.M)
-_RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 _VERSION_CREATE = re.compile(r"^\s*CREATE TABLE\s+(?:\"?[\w$]+\"?\.)?\"?([\w$]+)\"?", re.I | re.M)
 _DEFAULT_VERSION_TABLE = "alembic_version"
 _INSTALL_HINT = ("squawk not found: install it with `pip install squawk-cli` "
@@ -97,11 +96,11 @@ def revisions_sql(project: Project, history: History, revisions: list[str],
         return {}
     start = start or _start_of(history.by_id(revisions[0]))
     raw = offline_sql(project, f"{start}:{revisions[-1]}")
-    parts = split_revisions(raw)
+    parts = split_by_revision(raw)
     if any(rev not in parts for rev in revisions):
         # Branches or a merge the range did not cover: take everything from base.
         raw = offline_sql(project, "base:heads")
-        parts = split_revisions(raw)
+        parts = split_by_revision(raw)
     table = version_table_of(raw)
     return {rev: _revision_sql(rev, parts[rev], table) for rev in revisions if rev in parts}
 
@@ -115,19 +114,9 @@ def _start_of(script: Script) -> str:
     return "base"  # a merge: no single start revision
 
 
-def split_revisions(sql: str) -> dict[str, str]:
-    """{revision: its block}; unlike offline.split_by_revision, tolerates merges ("a, b -> m")."""
-    parts: dict[str, str] = {}
-    matches = list(_RUNNING.finditer(sql))
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(sql)
-        parts[match.group(2)] = sql[match.end():end]
-    return parts
-
-
 def version_table_of(sql: str) -> str:
     """The version table alembic creates before the first revision (env.py may rename it)."""
-    first = _RUNNING.search(sql)
+    first = RUNNING.search(sql)
     preamble = sql[:first.start()] if first else ""
     match = _VERSION_CREATE.search(preamble)
     return match.group(1) if match else _DEFAULT_VERSION_TABLE

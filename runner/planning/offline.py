@@ -10,7 +10,8 @@ from alembic.config import Config
 
 from runner.project import Project
 
-_RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (\S*) -> (\S+)\s*$", re.M)
+# One header per revision; a merge's reads "-- Running upgrade a, b -> m".
+RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 
 
 def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False) -> str:
@@ -38,10 +39,11 @@ def downgrade_template(project: Project, revision: str,
 
 
 def split_by_revision(sql: str) -> dict[str, str]:
-    """{revision: its SQL} from one offline run, keyed by the revision each block runs to."""
+    """{revision: its SQL after its header} from one offline run, keyed by the revision each
+    block runs to."""
     parts: dict[str, str] = {}
-    matches = list(_RUNNING.finditer(sql))
+    matches = list(RUNNING.finditer(sql))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(sql)
-        parts[match.group(2)] = sql[match.start():end]
+        parts[match.group(2)] = sql[match.end():end]
     return parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from support import load_alembic_project as _project
 
-from runner.planning.offline import downgrade_template
+from runner.planning.offline import downgrade_template, offline_sql, split_by_revision
 
 
 def test_downgrade_template_is_the_revisions_own_offline_sql(make_project):
@@ -20,3 +20,16 @@ def test_downgrade_template_of_a_merge_revision_is_left_to_a_person(make_project
     project = make_project([("r1", "pass")])
     sql = downgrade_template(_project(project.ini), "m1", ["a1", "b1"])
     assert sql.startswith("-- m1 is a merge revision")
+
+
+def test_split_by_revision_keeps_a_merge_revision_apart(make_project):
+    project = make_project([("r1", "op.create_table('t', sa.Column('id', sa.Integer))")])
+    project.add("a2", "r1", "op.create_table('a', sa.Column('id', sa.Integer))")
+    project.add("b2", "r1", "op.create_table('b', sa.Column('id', sa.Integer))")
+    project.add_modules([("m3", ("a2", "b2"), "def upgrade():\n    op.execute('SELECT 3')\n\n\n"
+                                              "def downgrade():\n    pass\n")])
+    sql = offline_sql(_project(project.ini), "base:heads")
+    blocks = split_by_revision(sql)
+    assert set(blocks) == {"r1", "a2", "b2", "m3"}
+    assert "SELECT 3" in blocks["m3"] and "SELECT 3" not in blocks["a2"] + blocks["b2"]
+    assert "CREATE TABLE a" in blocks["a2"] and "CREATE TABLE b" not in blocks["a2"]
