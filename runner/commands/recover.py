@@ -93,15 +93,14 @@ def _failed_migration(run: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _baseline(run_dir: Path, failed: dict[str, Any] | None) -> str | None:
-    """The schema right before the failed migration, as the run recorded it."""
-    candidates = []
-    if failed:
-        candidates.append(run_dir / f"schema-pre-{failed['revision']}.sql")
-    candidates.append(run_dir / "schema-before.sql")
-    for path in candidates:
-        if path.is_file():
-            return path.read_text()
-    return None
+    """The schema right before the failed migration, as the run recorded it.
+
+    Only a non-transactional migration has one, and only it can leave anything behind; the
+    run's schema-before.sql is no baseline: migrations applied earlier in the run differ
+    from it legitimately.
+    """
+    path = run_dir / f"schema-pre-{failed['revision']}.sql" if failed else None
+    return path.read_text() if path is not None and path.is_file() else None
 
 
 def _confirm(yes: bool) -> None:

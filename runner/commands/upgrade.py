@@ -240,8 +240,10 @@ class UpgradeJob:
             status = recovery.CLEAN_ROLLBACK
         leftovers: list[recovery.Leftover] = []
         if status == recovery.PARTIAL_APPLY and self.side is not None:
+            # Against the schema right before the failed migration only: earlier ones in
+            # this run changed the schema legitimately.
             base = self.pre_step.get(rec.revision) if rec else None
-            leftovers = find_leftovers(self.side, base or self.before, after)
+            leftovers = find_leftovers(self.side, base, after)
         downgrade_sql = (downgrade_template(self.project, rec.revision, rec.down_revision)
                          if rec is not None else None)
         down_rev = rec.down_revision if rec and isinstance(rec.down_revision, str) else None

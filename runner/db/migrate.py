@@ -364,7 +364,7 @@ class Migrator:
             except BaseException as exc:
                 rec.outcome = "failed"
                 rec.error = error_info(exc)
-                rec.partial = self._committed(xid)
+                rec.partial = self._committed(xid, rec)
                 self._finish_watch(rec)
                 rec.duration_ms = _ms_since(rec.started_at)
                 self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
@@ -382,13 +382,14 @@ class Migrator:
         if blockers:
             rec.blockers = [b.to_dict() for b in blockers]
 
-    def _committed(self, xid: str) -> bool:
+    def _committed(self, xid: str, rec: MigrationRecord) -> bool:
         assert self.monitor is not None
         try:
             return self.monitor.xact_committed(xid)
         except psycopg.Error:
-            # Cannot tell: assume the worst, so the migration is never retried blindly.
-            return True
+            # Cannot ask (the server went away): a transactional step commits atomically with
+            # its version row, so nothing of it is left; any other may have left something.
+            return not rec.transactional
 
     def _failure_outside_migration(self, exc: BaseException) -> SafeMigrateError:
         if isinstance(exc, SafeMigrateError) or not self._configured:

@@ -195,3 +195,26 @@ def test_too_old_pg_dump_exit_2_database_untouched(make_project, db, sql, tmp_pa
                 configure_logging=False)
     assert code == 2
     assert version_of(sql) == [] and tables_of(sql) == set()
+
+
+def test_recover_after_a_clean_failure_keeps_what_the_run_applied(make_project, db, sql, run_cli,
+                                                                 tmp_path, capsys):
+    """r1 and r2 commit, r3 fails and rolls back: nothing is left over, and recover must not
+    mistake r1/r2's tables (absent from schema-before.sql) for leftovers."""
+    project = make_project([
+        ("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
+        ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))"),
+        ("r3", "op.create_table('t3', sa.Column('id', sa.Integer))\n" + FAIL_SWITCH)])
+    art = tmp_path / "a"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SM_FAIL", "1")
+        assert run_cli(cli_args(project, db, artifacts=art)) == 5
+    capsys.readouterr()
+    assert run_cli(cli_args(project, db, "--format", "json", command="recover",
+                            artifacts=art)) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["status"] == "clean-rollback" and plan["leftover_objects"] == []
+    assert plan["failed_revision"] == "r3" and plan["stamp_target"] == "r2"
+    assert run_cli(cli_args(project, db, "--yes", "--execute", command="recover",
+                            artifacts=art)) == 0
+    assert tables_of(sql) == {"t1", "t2"} and version_of(sql) == ["r2"]
