@@ -64,6 +64,9 @@ def build(settings: Settings, project: Project, found: ProbeResult,
     runs = find_run_dirs(settings.artifacts_root)
     last = load_run(runs[-1]) if runs else {}
     failed = _failed_migration(last)
+    if failed and _applied(project, heads, failed["revision"]):
+        # Killed between its commit and the journal's next write: the database says applied.
+        failed = None
     baseline = _baseline(runs[-1], failed) if runs and failed else None
     live = None
     if baseline is not None:
@@ -90,6 +93,17 @@ def _failed_migration(run: dict[str, Any]) -> dict[str, Any] | None:
         if migration.get("outcome") != "applied":
             return dict(migration)
     return None
+
+
+def _applied(project: Project, heads: list[str], revision: str) -> bool:
+    """Whether the database at `heads` has `revision` (it or a descendant is applied)."""
+    if not heads:
+        return False
+    try:
+        return any(script.revision == revision
+                   for script in project.script.iterate_revisions(tuple(heads), "base"))
+    except Exception:  # noqa: BLE001 - an unknown head: recover cannot vouch for anything
+        return False
 
 
 def _baseline(run_dir: Path, failed: dict[str, Any] | None) -> str | None:

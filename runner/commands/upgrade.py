@@ -36,7 +36,7 @@ from runner.recovery import plan as recovery
 from runner.recovery.leftovers import find_leftovers
 from runner.schema import drift, snapshot
 from runner.settings import Settings
-from runner.urls import mask
+from runner.urls import mask, mask_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,11 +159,12 @@ class UpgradeJob:
                              f"{self.expected_schema} (see schema-drift.diff)", diff=diff)
 
     def before_step(self, record: MigrationRecord) -> None:
-        # A non-transactional step can leave part of itself behind: know exactly what was
-        # there before it.
-        text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
-        if text is not None:
-            self.pre_step[record.revision] = text
+        if not record.transactional:
+            # It can leave part of itself behind: know exactly what was there before it.
+            text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
+            if text is not None:
+                self.pre_step[record.revision] = text
+        # The journal names the running step, so that a killed run is read right by recover.
         self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
@@ -206,6 +207,10 @@ class UpgradeJob:
                     self.artifacts.write_text("schema.diff", snapshot.diff(self.before, after))
             if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
                 self._write_plan(error, expected, after)
+        except Exception as exc:  # noqa: BLE001 - an artifact must never hide the outcome
+            # E.g. the server went away with the run: `recover` rebuilds the plan later.
+            self.log.error("artifacts.failed", error=f"{type(exc).__name__}: "
+                           f"{first_line(mask_text(str(exc)))}")
         finally:
             self.migrator.close()
             applied = len(self.migrator.applied)

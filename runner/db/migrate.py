@@ -347,8 +347,7 @@ class Migrator:
             rec.attempts += 1
             rec.error = None
             rec.outcome = "running"
-            if not rec.transactional:
-                self.hooks.before_step(rec)
+            self.hooks.before_step(rec)
             assert context.connection is not None and self.monitor is not None
             # Inside the step's transaction: its id tells us later whether anything of the
             # step committed before a failure (autocommit_block, a raw COMMIT...).

@@ -157,7 +157,7 @@ def test_status_reports_the_killed_run(make_project, db, sql, run_cli, tmp_path,
     assert [e for e in logs if e["event"] == "status"]
     assert report["current"] == ["r1"] and report["pending"] == ["r2"]
     assert report["last_run"]["outcome"] == "running"
-    assert report["last_run"]["running_revision"] is None  # r2 is transactional: no pre-snapshot
+    assert report["last_run"]["running_revision"] == "r2"  # the journal names the killed step
     assert report["lock_holders"] == []
 
 
@@ -218,3 +218,27 @@ def test_recover_after_a_clean_failure_keeps_what_the_run_applied(make_project, 
     assert run_cli(cli_args(project, db, "--yes", "--execute", command="recover",
                             artifacts=art)) == 0
     assert tables_of(sql) == {"t1", "t2"} and version_of(sql) == ["r2"]
+
+
+def test_recover_trusts_the_version_table_over_a_stale_journal(make_project, db, sql, run_cli,
+                                                              tmp_path, capsys):
+    """A runner killed right after a non-transactional migration committed, before the journal
+    moved on: run.json still says `running`, the version table says applied. Nothing may be
+    rolled back."""
+    project = make_project([
+        ("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
+        ("r2", "with op.get_context().autocommit_block():\n"
+               "    op.create_index('ix_t1', 't1', ['id'], postgresql_concurrently=True)")])
+    art = tmp_path / "a"
+    assert run_cli(cli_args(project, db, artifacts=art)) == 0
+    run_file = art / "run.json"
+    run = json.loads(run_file.read_text())
+    run.update(outcome="running", exit_code=None, running_revision="r2")
+    run["migrations"][-1]["outcome"] = "running"  # the journal as the kill left it
+    run_file.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert run_cli(cli_args(project, db, command="recover", artifacts=art)) == 0
+    assert "nothing to recover" in capsys.readouterr().out
+    assert run_cli(cli_args(project, db, "--yes", "--execute", command="recover",
+                            artifacts=art)) == 0
+    assert sql("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_t1'") == [(1,)]
