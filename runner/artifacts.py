@@ -11,6 +11,9 @@ from typing import Any
 from runner.errors import UsageError
 
 RUN_FILE = "run.json"
+# Rewritten at every migration's start: small, so the journal costs O(1) per step, while
+# run.json (all migrations so far) is rewritten only at the points recovery needs it.
+PROGRESS_FILE = "progress.json"
 
 
 class Artifacts:
@@ -53,7 +56,11 @@ def find_run_dirs(location: Path) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
+    """run.json; for a run that never finished (killed), with the step it was last in."""
     data: dict[str, Any] = json.loads((run_dir / RUN_FILE).read_text())
+    progress = run_dir / PROGRESS_FILE
+    if data.get("outcome") == "running" and progress.is_file():
+        data["running_revision"] = json.loads(progress.read_text())["running_revision"]
     return data
 
 

@@ -63,7 +63,7 @@ def build(settings: Settings, project: Project, found: ProbeResult,
     heads = list(catalog.version_heads(conn, found.version_schema, found.version_table) or ())
     runs = find_run_dirs(settings.artifacts_root)
     last = load_run(runs[-1]) if runs else {}
-    failed = _failed_migration(last)
+    failed = _failed_migration(last, project)
     if failed and _applied(project, heads, failed["revision"]):
         # Killed between its commit and the journal's next write: the database says applied.
         failed = None
@@ -87,12 +87,19 @@ def build(settings: Settings, project: Project, found: ProbeResult,
         error=last.get("error"))
 
 
-def _failed_migration(run: dict[str, Any]) -> dict[str, Any] | None:
-    """The migration the last run was in when it failed or died (SIGKILL leaves 'running')."""
+def _failed_migration(run: dict[str, Any], project: Project) -> dict[str, Any] | None:
+    """The migration the last run was in when it failed or died (a killed run: the step its
+    journal names, which run.json itself may not list yet)."""
+    running = run.get("running_revision") if run.get("outcome") == "running" else None
     for migration in reversed(run.get("migrations", [])):
-        if migration.get("outcome") != "applied":
+        if migration.get("outcome") != "applied" and running in (None, migration["revision"]):
             return dict(migration)
-    return None
+    script = project.script.get_revision(running) if running else None
+    if script is None:
+        return None
+    down = script.down_revision
+    return {"revision": script.revision, "path": script.path,
+            "down_revision": list(down) if isinstance(down, (tuple, list)) else down}
 
 
 def _applied(project: Project, heads: list[str], revision: str) -> bool:

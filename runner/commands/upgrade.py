@@ -14,7 +14,7 @@ import alembic
 import psycopg
 
 from runner import __version__, lint
-from runner.artifacts import Artifacts, write_termination_log
+from runner.artifacts import PROGRESS_FILE, Artifacts, write_termination_log
 from runner.commands.plan import add_lint_argument
 from runner.db import catalog
 from runner.db.connect import connect, first_line
@@ -159,13 +159,15 @@ class UpgradeJob:
                              f"{self.expected_schema} (see schema-drift.diff)", diff=diff)
 
     def before_step(self, record: MigrationRecord) -> None:
+        # The journal names the running step, so that a killed run is read right later.
+        self.artifacts.write_json(PROGRESS_FILE, {"running_revision": record.revision,
+                                                  "attempt": record.attempts})
         if not record.transactional:
             # It can leave part of itself behind: know exactly what was there before it.
             text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
             if text is not None:
                 self.pre_step[record.revision] = text
-        # The journal names the running step, so that a killed run is read right by recover.
-        self._write_run(None, running=record.revision)
+            self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, expected: list[str]) -> int:
