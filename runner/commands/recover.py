@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from pathlib import Path
@@ -48,7 +49,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             log.info("recovery.nothing")
             return 0
         print(recovery.render_markdown(plan) if args.format == "text"
-              else __import__("json").dumps(plan.to_dict(), indent=2))
+              else json.dumps(plan.to_dict(), indent=2))
         log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
                  leftovers=len(plan.leftover_objects), commands=plan.commands)
         if not args.execute:
