@@ -204,6 +204,10 @@ def machine_info(server: Server) -> dict[str, str]:
         "psycopg": psycopg.__version__,
         "postgresql_server": server.server_version(),
         "pg_dump": dump_version,
+        "server_settings": "embedded PostgreSQL with fsync=off (as in the tests): a commit "
+                           "costs a WAL write, not a disk flush",
+        "bytecode": "warm __pycache__ for the runner and the revision files "
+                    "(PYTHONDONTWRITEBYTECODE unset for the timed runs)",
         "load_average_at_start": load_average(),
     }
 
@@ -223,9 +227,12 @@ def tool(name: str) -> str:
 
 def clean_env(database_url: str | None = None, **extra: str) -> dict[str, str]:
     """The caller's environment without anything that would change the tools' behaviour."""
+    # PYTHONDONTWRITEBYTECODE (set on some machines) would make every run compile every
+    # revision file and, in an editable install, the runner's own modules: warm_up's bytecode
+    # cache is what a normal install has.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SAFE_MIGRATE_", "PG")) and k not in (
-               "DATABASE_URL", "DATABASE_URL_FILE", "ALEMBIC_CONFIG")}
+           if not k.startswith(("SAFE_MIGRATE_", "PG", "BENCH_")) and k not in (
+               "DATABASE_URL", "DATABASE_URL_FILE", "ALEMBIC_CONFIG", "PYTHONDONTWRITEBYTECODE")}
     env["SAFE_MIGRATE_LOG_FORMAT"] = "json"
     if database_url is not None:
         env["DATABASE_URL"] = database_url
@@ -257,9 +264,11 @@ def run_timed(argv: Sequence[str], env: dict[str, str], *, cwd: Path | None = No
 
 
 def warm_up(ini: Path, cwd: Path) -> None:
-    """One untimed `alembic heads`: compiles every revision file's bytecode (__pycache__) and
-    warms the page cache, so that no timed run pays for it (the first run alone would)."""
+    """One untimed `alembic heads` and `safe-migrate --help`: compile every revision file's and
+    the runner's bytecode (__pycache__) and warm the page cache, so that no timed run pays for
+    it (the first run alone would)."""
     run_timed([tool("alembic"), "-c", str(ini), "heads"], clean_env(), cwd=cwd)
+    run_timed([sys.executable, "-m", "compileall", "-q", str(REPO / "runner")], clean_env())
 
 
 def load_average() -> str:
@@ -316,6 +325,9 @@ def available_commands() -> set[str]:
 # plus two lines so that bare `alembic` can be pointed at a database through DATABASE_URL as
 # well (safe-migrate sets sqlalchemy.url itself from DATABASE_URL, so the lines are a no-op for
 # it: same value).
+# PER_MIGRATION_ENV=1 makes bare alembic run one transaction per migration, as safe-migrate
+# always does: the like-for-like reference that shows what that costs by itself.
+PER_MIGRATION_ENV = "BENCH_TRANSACTION_PER_MIGRATION"
 _ENV_PRELUDE = '''import os as _bench_os
 
 from alembic import context as _bench_context
@@ -323,6 +335,15 @@ from alembic import context as _bench_context
 if _bench_os.environ.get("DATABASE_URL"):
     _bench_context.config.set_main_option(
         "sqlalchemy.url", _bench_os.environ["DATABASE_URL"].replace("%", "%%"))
+
+if _bench_os.environ.get("BENCH_TRANSACTION_PER_MIGRATION") == "1":
+    _bench_configure = _bench_context.configure
+
+    def _bench_per_migration(*args, **kwargs):
+        kwargs["transaction_per_migration"] = True
+        return _bench_configure(*args, **kwargs)
+
+    _bench_context.configure = _bench_per_migration
 
 '''
 

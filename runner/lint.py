@@ -30,7 +30,6 @@ from runner.planning.offline import RUNNING, offline_sql, split_by_revision
 from runner.project import Project
 
 LintMode = Literal["error", "warn", "off"]
-LINT_MODES: tuple[str, ...] = ("error", "warn", "off")
 
 #: Rules that make no sense for a revision run by alembic through safe-migrate.
 EXCLUDED_RULES: tuple[str, ...] = (

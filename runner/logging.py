@@ -40,7 +40,8 @@ def configure(log_format: LogFormat = "auto", *, stream: Any = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # write() + flush() per event: each line reaches `kubectl logs` as it happens.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     # Alembic's own INFO lines ("Running upgrade a -> b") would duplicate our events.

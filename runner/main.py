@@ -34,15 +34,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with `only`, that command's options alone: the others stay listed in
+    --help, but their modules (and what they import) are not loaded for nothing."""
     parser = _Parser(prog="safe-migrate", description="Safe Alembic upgrades for PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"safe-migrate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        add_common_options(command_parser)
-        _module(name).add_arguments(command_parser)
+        if only in (None, name):
+            add_common_options(command_parser)
+            _module(name).add_arguments(command_parser)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    # The top-level parser has no options that take a value: the first word is the command.
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def _module(name: str) -> Any:
@@ -58,7 +67,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         runner_logging.configure(_peek_log_format(args_list))  # type: ignore[arg-type]
     settings: Settings | None = None
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(_command_of(args_list)).parse_args(args_list)
         settings = from_args(args)
         if configure_logging:
             runner_logging.configure(settings.log_format)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from runner.errors import UsageError
 from runner.urls import parse_url
 
 ARTIFACTS_ROOT = Path("migration-artifacts")
+LINT_MODES: tuple[str, ...] = ("error", "warn", "off")
 
 
 @dataclass
@@ -88,6 +89,14 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         help="Kubernetes termination message file (written when writable)")
     add("--debug", action="store_true",
         default=_env("SAFE_MIGRATE_DEBUG", "") in ("1", "true"), help="show tracebacks")
+
+
+def add_lint_argument(parser: argparse.ArgumentParser) -> None:
+    """--lint, for the commands that lint the pending SQL (plan, upgrade)."""
+    parser.add_argument("--lint", choices=list(LINT_MODES),
+                        default=os.environ.get("SAFE_MIGRATE_LINT", "warn"),
+                        help="squawk lint of the pending SQL: error refuses on any finding, "
+                             "warn reports them, off skips (env SAFE_MIGRATE_LINT; default warn)")
 
 
 def resolve_database_url(flag: str | None) -> URL | None:

@@ -35,6 +35,8 @@ def mask(url: URL) -> str:
 
 def mask_text(text: str) -> str:
     """Mask anything that looks like a password inside arbitrary text."""
+    if "://" not in text and "=" not in text:
+        return text  # neither a URL nor key=value: the common case of every log field
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
     return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from runner.planning.history import (
 )
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
-from runner.settings import Settings
+from runner.settings import LINT_MODES, Settings, add_lint_argument
 from runner.urls import mask, mask_text, parse_url
 
 
@@ -45,13 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="output_format", choices=["text", "json"],
                         default="text", help="output format (default text)")
     add_lint_argument(parser)
-
-
-def add_lint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lint", choices=list(lint.LINT_MODES),
-                        default=os.environ.get("SAFE_MIGRATE_LINT", "warn"),
-                        help="squawk lint of the pending SQL: error refuses on any finding, "
-                             "warn reports them, off skips (env SAFE_MIGRATE_LINT; default warn)")
 
 
 @dataclass
@@ -79,8 +71,8 @@ class PlannedRevision:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
-    if args.lint not in lint.LINT_MODES:  # argparse does not check an env-var default
-        raise UsageError(f"--lint: expected one of {', '.join(lint.LINT_MODES)}, got {args.lint!r}")
+    if args.lint not in LINT_MODES:  # argparse does not check an env-var default
+        raise UsageError(f"--lint: expected one of {', '.join(LINT_MODES)}, got {args.lint!r}")
     project = load_project(settings)
     hint = str(settings.config_file)
     doc: dict[str, Any] = {"target": settings.target, "from": args.from_rev, "current": None,

@@ -13,9 +13,8 @@ from typing import Any
 import alembic
 import psycopg
 
-from runner import __version__, lint
-from runner.artifacts import PROGRESS_FILE, Artifacts, write_termination_log
-from runner.commands.plan import add_lint_argument
+from runner import __version__
+from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
@@ -32,10 +31,8 @@ from runner.logging import get_logger
 from runner.planning.history import History, check_target, load_history, pending
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
-from runner.recovery import plan as recovery
-from runner.recovery.leftovers import find_leftovers
-from runner.schema import drift, snapshot
-from runner.settings import Settings
+from runner.schema import snapshot
+from runner.settings import Settings, add_lint_argument
 from runner.urls import mask, mask_text
 
 
@@ -79,6 +76,8 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
     online run (it removes the `op` proxy the running migrations use)."""
     if mode == "off":
         return
+    from runner import lint  # only when it runs: squawk, the offline SQL splitter
+
     try:
         found = probe(project)
         with connect(found.url, timeout=settings.connect_timeout,
@@ -118,6 +117,7 @@ class UpgradeJob:
         self.started = datetime.now(UTC)
         self.before: str | None = None
         self.pre_step: dict[str, str] = {}
+        self.journal: Journal | None = None
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
 
@@ -136,6 +136,8 @@ class UpgradeJob:
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
+        if pending:
+            self.journal = self.artifacts.journal()
         if pending or self.expected_schema is not None:
             self.before = self._snapshot("schema-before.sql", "before")
         self._check_drift(db_heads)  # PreflightError -> exit 3, nothing ran
@@ -144,6 +146,7 @@ class UpgradeJob:
     def _check_drift(self, db_heads: tuple[str, ...]) -> None:
         if self.expected_schema is None:
             return
+        from runner.schema import drift
         if self.before is None:
             raise UsageError("--expected-schema needs the schema snapshots: drop --no-schema-diff")
         key = drift.revision_key(db_heads)
@@ -160,8 +163,8 @@ class UpgradeJob:
 
     def before_step(self, record: MigrationRecord) -> None:
         # The journal names the running step, so that a killed run is read right later.
-        self.artifacts.write_json(PROGRESS_FILE, {"running_revision": record.revision,
-                                                  "attempt": record.attempts})
+        assert self.journal is not None
+        self.journal.record({"running_revision": record.revision, "attempt": record.attempts})
         if not record.transactional:
             # It can leave part of itself behind: know exactly what was there before it.
             text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
@@ -192,6 +195,7 @@ class UpgradeJob:
         if heads is None and self.db is None:
             return None  # env.py never connected online (nothing to verify against)
         if set(heads or ()) != set(expected):
+            from runner.recovery import plan as recovery
             self.log.error("verification.failed", expected=expected, actual=list(heads or ()))
             return PartialApplyError(
                 f"post-run verification failed: the database is at {list(heads or ()) or 'base'}"
@@ -215,6 +219,8 @@ class UpgradeJob:
                            f"{first_line(mask_text(str(exc)))}")
         finally:
             self.migrator.close()
+            if self.journal is not None:
+                self.journal.close()
             applied = len(self.migrator.applied)
             self._write_run(error, final=True)
             self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
@@ -237,6 +243,10 @@ class UpgradeJob:
 
     def _write_plan(self, error: SafeMigrateError | None, expected: list[str],
                     after: str | None) -> None:
+        # Imported on failure only: a successful run's start-up is measured (benchmarks/).
+        from runner.recovery import plan as recovery
+        from runner.recovery.leftovers import find_leftovers
+
         rec = self.migrator.current
         heads = list(self.migrator.read_heads() or ())
         if error is not None and error.data.get("kind") == recovery.VERIFICATION_FAILED:

@@ -319,7 +319,8 @@ class Migrator:
                           target=self.target)
             self.hooks.starting(tuple(heads), list(self.records.values()))
         for step in steps:
-            rec = self.records.setdefault(step.revision.revision, self._record(step))
+            rec = self.records.get(step.revision.revision) or self._record(step)
+            self.records[rec.revision] = rec
             step.migration_fn = self._wrap(step.migration_fn, rec, context)
             yield step
             # Reached only once alembic committed the step (version row included).
@@ -350,9 +351,13 @@ class Migrator:
             self.hooks.before_step(rec)
             assert context.connection is not None and self.monitor is not None
             # Inside the step's transaction: its id tells us later whether anything of the
-            # step committed before a failure (autocommit_block, a raw COMMIT...).
-            xid = str(context.connection.exec_driver_sql(
-                "SELECT pg_current_xact_id()::text").scalar_one())
+            # step committed before a failure (autocommit_block, a raw COMMIT...). Straight on
+            # psycopg: SQLAlchemy's execute path would add ~70 us to every step.
+            raw = context.connection.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            row = raw.execute("SELECT pg_current_xact_id()::text").fetchone()
+            assert row is not None
+            xid = str(row[0])
             rec.started_at = time.monotonic()
             self.log.info("migration.start", revision=rec.revision,
                           down_revision=rec.down_revision, attempt=rec.attempts,

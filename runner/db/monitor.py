@@ -24,6 +24,7 @@ class Monitor:
         self.interrupted = interrupted
         self.interval = interval
         self._pid: int | None = None
+        self._since = 0.0  # when the watched migration started
         self._state = threading.Lock()
         self.blockers: list[catalog.Session] = []
         self.lock_wait_s = 0.0
@@ -42,6 +43,7 @@ class Monitor:
         """A migration started on backend `pid`: begin watching it."""
         with self._state:
             self._pid = pid
+            self._since = time.monotonic()
             self.blockers = []
             self.lock_wait_s = 0.0
 
@@ -57,7 +59,7 @@ class Monitor:
         cancelled_at = 0.0
         while not self._stop.wait(self.interval):
             with self._state:
-                pid = self._pid
+                pid, since = self._pid, self._since
             if pid is None:
                 continue
             try:
@@ -66,6 +68,8 @@ class Monitor:
                         cancelled_at = time.monotonic()
                         self.conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
                     continue
+                if time.monotonic() - since < self.interval:
+                    continue  # most steps end within one interval: never query for them
                 blockers = catalog.blocking_sessions(self.conn, pid)
             except psycopg.Error:
                 continue  # the monitor is best effort; the migration's own errors decide

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
-from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 
 from runner.project import Project
 
@@ -15,15 +16,30 @@ RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re
 
 
 def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False) -> str:
-    """Raises whatever env.py raises offline (e.g. a migration that reads data)."""
+    """`alembic upgrade --sql START:END` (or downgrade), as alembic's `command` module runs it
+    but on the project's already loaded ScriptDirectory: `command.upgrade` would build a new one
+    and import every revision file again (0.5 s at 2,000 revisions).
+
+    Raises whatever env.py raises offline (e.g. a migration that reads data).
+    """
     buffer = io.StringIO()
+    # A Config of its own: the SQL goes to our buffer, not to the user's stdout.
     config = Config(file_=project.config.config_file_name,
                     ini_section=project.config.config_ini_section,
                     output_buffer=buffer, cmd_opts=project.config.cmd_opts)
     for key, value in project.config.get_section(project.config.config_ini_section, {}).items():
         config.set_main_option(key, value.replace("%", "%%"))
-    run = command.downgrade if downgrade else command.upgrade
-    run(config, revision_range, sql=True)
+    script = project.script
+    start, end = revision_range.split(":", 1) if ":" in revision_range else (None, revision_range)
+
+    def steps(rev: Any, _context: Any) -> Any:
+        if downgrade:
+            return script._downgrade_revs(end, rev)
+        return script._upgrade_revs(end, rev)
+
+    with EnvironmentContext(config, script, fn=steps, as_sql=True, starting_rev=start,
+                            destination_rev=end):
+        script.run_env()
     return buffer.getvalue()
 
 

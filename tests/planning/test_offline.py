@@ -33,3 +33,22 @@ def test_split_by_revision_keeps_a_merge_revision_apart(make_project):
     assert set(blocks) == {"r1", "a2", "b2", "m3"}
     assert "SELECT 3" in blocks["m3"] and "SELECT 3" not in blocks["a2"] + blocks["b2"]
     assert "CREATE TABLE a" in blocks["a2"] and "CREATE TABLE b" not in blocks["a2"]
+
+
+def test_offline_sql_reuses_the_loaded_revision_files(make_project, monkeypatch):
+    """A second ScriptDirectory would import every revision file again (0.5 s at 2,000)."""
+    from alembic.script import ScriptDirectory
+
+    project = make_project([("r1", "op.create_table('t', sa.Column('id', sa.Integer))")])
+    project.add("r2", "r1", "op.add_column('t', sa.Column('c', sa.Text))")
+    loaded = _project(project.ini)
+
+    def reload(*_args, **_kwargs):
+        raise AssertionError("offline_sql built a second ScriptDirectory")
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", reload)
+    sql = offline_sql(loaded, "r1:r2")
+    assert "Running upgrade r1 -> r2" in sql and "ADD COLUMN c" in sql
+    assert "CREATE TABLE t" not in sql  # the range starts after r1
+    down = offline_sql(loaded, "r2:r1", downgrade=True)
+    assert "Running downgrade r2 -> r1" in down
