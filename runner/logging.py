@@ -44,7 +44,13 @@ def configure(log_format: LogFormat = "auto", *, stream: Any = None) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # Alembic's own INFO lines ("Running upgrade a -> b") would duplicate our events.
+    quiet_alembic()
+
+
+def quiet_alembic() -> None:
+    """Alembic's own INFO lines ("Running upgrade a -> b") would duplicate our events and break
+    the JSON lines on stderr. env.py's fileConfig() turns them back on: every env.py run calls
+    this again from its configure() wrapper."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
         return
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
+    started = time.monotonic()
     try:
         found = probe(project)
         with connect(found.url, timeout=settings.connect_timeout,
@@ -97,6 +99,8 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
     except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
         log.warning("lint.unavailable", error=first_line(str(exc)))
         return
+    log.info("lint.done", revisions=len(revisions), findings=len(findings),
+             duration_ms=round((time.monotonic() - started) * 1000))
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
 
 

@@ -15,7 +15,6 @@ retried by re-running env.py: the version table says where to resume.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +48,7 @@ from runner.errors import (
     PartialApplyError,
     SafeMigrateError,
 )
+from runner.logging import quiet_alembic
 from runner.planning.history import History, check_database_revisions
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, fresh_attributes
@@ -262,8 +262,7 @@ class Migrator:
             self._prepare(connection, kwargs)
         kwargs["transaction_per_migration"] = True
         if not self.settings.debug:
-            # env.py's fileConfig() turned alembic's INFO lines on; our events say the same.
-            logging.getLogger("alembic").setLevel(logging.WARNING)
+            quiet_alembic()
         original(*args, **kwargs)
 
     def _prepare(self, connection: Connection, opts: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ the version table is never created. The configure() wrapper only records what en
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy.engine import URL
 
 from runner.db.connect import env_py_failure
 from runner.errors import UsageError
+from runner.logging import quiet_alembic
 from runner.project import Project, fresh_attributes
 from runner.urls import parse_url
 
@@ -40,7 +40,7 @@ def probe(project: Project) -> ProbeResult:
                 url=parse_url(connection.engine.url.render_as_string(hide_password=False)),
                 version_table=kwargs.get("version_table") or "alembic_version",
                 version_schema=str(schema or "public")))
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # env.py's fileConfig
+        quiet_alembic()
         original(*args, **kwargs)
 
     env = EnvironmentContext(project.config, project.script, fn=lambda rev, ctx: [],

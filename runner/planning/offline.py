@@ -9,6 +9,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 
+from runner.logging import quiet_alembic
 from runner.project import Project
 
 # One header per revision; a merge's reads "-- Running upgrade a, b -> m".
@@ -37,8 +38,16 @@ def offline_sql(project: Project, revision_range: str, *, downgrade: bool = Fals
             return script._downgrade_revs(end, rev)
         return script._upgrade_revs(end, rev)
 
-    with EnvironmentContext(config, script, fn=steps, as_sql=True, starting_rev=start,
-                            destination_rev=end):
+    env = EnvironmentContext(config, script, fn=steps, as_sql=True, starting_rev=start,
+                             destination_rev=end)
+    configure = env.configure
+
+    def quiet_configure(*args: Any, **kwargs: Any) -> None:
+        quiet_alembic()  # after env.py's fileConfig(): "Generating static SQL" is no event
+        configure(*args, **kwargs)
+
+    env.configure = quiet_configure  # type: ignore[method-assign]
+    with env:
         script.run_env()
     return buffer.getvalue()
 

@@ -308,3 +308,17 @@ def test_drift_refused_after_manual_alter_table(make_project, db, sql, run_cli, 
     assert run_cli(cli_args(project, db, "--expected-schema", str(schemas), "--allow-drift",
                             artifacts=tmp_path / "a2")) == 0
     assert version_of(sql) == ["r3"]
+
+
+def test_stderr_is_json_lines_only_with_the_default_lint(make_project, db, sql, tmp_path):
+    """env.py's fileConfig() turns alembic's INFO lines back on in every env.py run (lint's
+    offline run too): not one of them may slip between the JSON events."""
+    project = make_project(FIVE[:2])
+    proc = spawn(cli_args(project, db, artifacts=tmp_path / "a"))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    lines = stderr.strip().splitlines()
+    events = [json.loads(line) for line in lines]  # raises on any non-JSON line
+    lint_done = events_named(events, "lint.done")
+    assert lint_done and lint_done[0]["revisions"] == 2
+    assert version_of(sql) == ["r2"]
