@@ -44,7 +44,7 @@ class Config:
 
     @property
     def chain_repeats(self) -> int:
-        return 2 if self.quick else 5
+        return 2 if self.quick else 9
 
     # 2. stall
     @property
@@ -58,7 +58,7 @@ class Config:
 
     @property
     def scale_repeats(self) -> int:
-        return 1 if self.quick else 3  # quick: one sample per command (a smoke test, ~90 s)
+        return 1 if self.quick else 5  # quick: one sample per command (a smoke test, ~90 s)
 
     @property
     def table_counts(self) -> tuple[int, ...]:
@@ -94,6 +94,18 @@ def note(bench: str, name: str, text: str) -> Figure:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def paired_ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of the per-round ratios x/y. Each round runs every variant back to back, so a
+    slow phase of the machine (seen here: whole runs 25 % slower for a while) hits both sides
+    of a ratio alike, where a ratio of two medians would mix phases."""
+    return median([x / y for x, y in zip(xs, ys, strict=True)])
+
+
+def paired_delta(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of the per-round differences x - y (see paired_ratio)."""
+    return median([x - y for x, y in zip(xs, ys, strict=True)])
 
 
 def fmt_s(seconds: float) -> str:

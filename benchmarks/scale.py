@@ -37,6 +37,8 @@ from benchmarks.common import (
     make_project,
     median,
     note,
+    paired_delta,
+    paired_ratio,
     run_timed,
     safe_migrate_argv,
     stamp,
@@ -126,6 +128,17 @@ def history(server: Server, config: Config) -> list[Figure]:
         load = _in_process_history(ini, repeats)
 
     med = {name: median(values) for name, values in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return paired_ratio(times[a], times[b])
+
+    def delta(a: str, b: str) -> float:
+        return paired_delta(times[a], times[b])
+
+    P_OFF, P_FULL = "safe-migrate plan --from base --lint off", "safe-migrate plan --from base"
+    SQL = "alembic upgrade --sql base:head"
+    UP_BARE, UP_ON = "alembic upgrade (1 pending)", "safe-migrate upgrade (1 pending)"
+    UP_OFF = "safe-migrate upgrade --no-schema-diff (1 pending)"
     heads = med["alembic heads"]
     figures.append(Figure(
         BENCH, f"`alembic heads`, {n} revisions (median of {repeats})", fmt_s(heads),
@@ -138,24 +151,25 @@ def history(server: Server, config: Config) -> list[Figure]:
                                 f"`safe-migrate {command}` does not exist yet "
                                 "(not in `safe-migrate --help`): not measured"))
             continue
-        ratio = med[name] / heads
+        vs_heads = ratio(name, "alembic heads")
         figures.append(Figure(
             BENCH, f"{name} (DB at head-1) vs `alembic heads` ({n} revisions)",
-            f"{ratio:.2f}x ({fmt_s(med[name])}, exit {codes[name]})", "≤ 1.20x", ratio <= 1.2,
+            f"{vs_heads:.2f}x ({fmt_s(med[name])}, exit {codes[name]})", "≤ 1.20x",
+            vs_heads <= 1.2,
             limited_by=("`alembic heads` never connects: on top of the shared revision-map "
                         "build, psycopg's import (~50 ms), env.py's connection and the catalog "
                         "queries" + ("; plan also renders the pending revision's offline SQL "
                                      "and runs squawk on it" if command == "plan" else "")),
-            data={"ratio": ratio, "seconds": med[name], "exit_code": codes[name]}))
+            data={"ratio": vs_heads, "seconds": med[name], "exit_code": codes[name]}))
         if command == "status":
             current = med["alembic current"]
             figures.append(Figure(
                 BENCH, f"safe-migrate status vs `alembic current` ({n} revisions; reference: "
                 "both run env.py and read the version table)",
-                f"{med[name] / current:.2f}x ({fmt_s(current)} for alembic current)",
+                f"{ratio(name, 'alembic current'):.2f}x ({fmt_s(current)} for alembic current)",
                 limited_by="status also reads the lock holders and invalid objects, computes "
                            "the pending revisions and reads the last run's artifacts",
-                data={"ratio": med[name] / current, "alembic_current_s": current}))
+                data={"ratio": ratio(name, "alembic current"), "alembic_current_s": current}))
     if "safe-migrate plan --from base" in med:
         sql = med["alembic upgrade --sql base:head"]
         off_lint = med["safe-migrate plan --from base --lint off"]
@@ -163,18 +177,19 @@ def history(server: Server, config: Config) -> list[Figure]:
         figures.append(Figure(
             BENCH, f"safe-migrate plan --from base --lint off vs `alembic upgrade --sql "
             f"base:head` ({n} revisions)",
-            f"{off_lint / sql:.2f}x ({fmt_s(off_lint)} vs {fmt_s(sql)}, exit "
-            f"{codes['safe-migrate plan --from base --lint off']})", "≤ 1.20x",
-            off_lint / sql <= 1.2,
+            f"{ratio(P_OFF, SQL):.2f}x ({fmt_s(off_lint)} vs {fmt_s(sql)}, exit "
+            f"{codes[P_OFF]})", "≤ 1.20x",
+            ratio(P_OFF, SQL) <= 1.2,
             limited_by="same work as alembic --sql (offline SQL of every revision) + per-revision "
                        "bookkeeping (source re-read, marker regexes, JSON/text rendering)",
-            data={"ratio": off_lint / sql, "seconds": off_lint, "alembic_sql_s": sql}))
+            data={"ratio": ratio(P_OFF, SQL), "seconds": off_lint,
+                  "alembic_sql_s": sql}))
         figures.append(Figure(
             BENCH, f"safe-migrate plan --from base (lint warn, the default), {n} revisions",
-            f"{fmt_s(full)} ({full / heads:.1f}x `alembic heads`; squawk adds "
-            f"{fmt_s(full - off_lint)}; exit {codes['safe-migrate plan --from base']})",
+            f"{fmt_s(full)} ({ratio(P_FULL, 'alembic heads'):.1f}x `alembic heads`; squawk "
+            f"adds {fmt_s(delta(P_FULL, P_OFF))}; exit {codes[P_FULL]})",
             limited_by="squawk lint of every pending revision's SQL dominates the difference",
-            data={"seconds": full, "lint_s": full - off_lint}))
+            data={"seconds": full, "lint_s": delta(P_FULL, P_OFF)}))
     else:
         figures.append(note(BENCH, "safe-migrate plan --from base",
                             "`safe-migrate plan` does not exist yet: not measured"))
@@ -187,16 +202,17 @@ def history(server: Server, config: Config) -> list[Figure]:
         data={"seconds": bare, "runs_s": times["alembic upgrade (1 pending)"]}))
     figures.append(Figure(
         BENCH, f"safe-migrate upgrade --no-schema-diff, 1 pending of {n}, vs bare alembic",
-        f"{off / bare:.2f}x ({fmt_s(off)}, {fmt_delta(off - bare)})", "≤ 1.10x",
-        off / bare <= 1.10,
+        f"{ratio(UP_OFF, UP_BARE):.2f}x ({fmt_s(off)}, {fmt_delta(delta(UP_OFF, UP_BARE))})",
+        "≤ 1.10x", ratio(UP_OFF, UP_BARE) <= 1.10,
         limited_by=("the runner's imports (structlog, tenacity), side + lock connections, "
                     "monitor thread, run.json; the history is loaded once, as alembic does"),
-        data={"ratio": off / bare, "seconds": off}))
+        data={"ratio": ratio(UP_OFF, UP_BARE), "seconds": off}))
     figures.append(Figure(
         BENCH, f"safe-migrate upgrade (diff on), 1 pending of {n}, vs bare alembic",
-        f"{on / bare:.2f}x ({fmt_s(on)}, {fmt_delta(on - off)} over diff off)",
+        f"{ratio(UP_ON, UP_BARE):.2f}x ({fmt_s(on)}, {fmt_delta(delta(UP_ON, UP_OFF))} over "
+        "diff off)",
         limited_by="2 pg_dumps of a near-empty schema + pg_dump version probes",
-        data={"ratio": on / bare, "seconds": on}))
+        data={"ratio": ratio(UP_ON, UP_BARE), "seconds": on}))
     name = "safe-migrate upgrade, defaults (1 pending)"
     if name in med:
         if codes[name] != 0:
@@ -208,11 +224,11 @@ def history(server: Server, config: Config) -> list[Figure]:
         else:
             figures.append(Figure(
                 BENCH, f"safe-migrate upgrade, all defaults (diff + lint), 1 pending of {n}, "
-                "vs bare alembic", f"{med[name] / bare:.2f}x ({fmt_s(med[name])}; lint adds "
-                f"{fmt_s(med[name] - on)})",
+                "vs bare alembic", f"{ratio(name, UP_BARE):.2f}x ({fmt_s(med[name])}; lint "
+                f"adds {fmt_s(delta(name, UP_ON))})",
                 limited_by="env.py probe + a connection to find what is pending, the "
                            "pending revision's offline SQL, a squawk process",
-                data={"ratio": med[name] / bare, "seconds": med[name]}))
+                data={"ratio": ratio(name, UP_BARE), "seconds": med[name]}))
     figures.append(Figure(
         BENCH, f"in-process: runner load_history vs alembic revision map ({n} revisions)",
         f"{fmt_s(load['runner'])} vs {fmt_s(load['alembic'])} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import select
 import threading
 import time
 from typing import Any
@@ -78,6 +79,25 @@ class AdvisoryLock:
         """A lock on its own connection, named so that `lock.waiting` shows who holds it."""
         conn = connect(url, timeout=timeout, application_name=f"safe-migrate-lock {run_id}")
         return cls(conn, version_table_key(conn, schema, table), log=log, interrupted=interrupted)
+
+    def alive(self) -> bool:
+        """Whether the session that holds the lock is still there: a session that died (its
+        backend terminated, the server restarted) has released the lock with it.
+
+        Asked before every migration, so it must cost nothing in the common case: an idle
+        session receives nothing unless the server ends it (an error message, then EOF), so
+        only a readable socket is worth a round trip to confirm.
+        """
+        if self.conn.closed:
+            return False
+        readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+        if not readable:
+            return True
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
     def close(self) -> None:
         self.release()

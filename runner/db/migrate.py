@@ -343,6 +343,7 @@ class Migrator:
         def run_step(**kw: Any) -> None:
             if self.interrupted.is_set():
                 raise InterruptedRunError("interrupted before the next migration")
+            self._check_lock(rec)
             self.current = rec
             rec.attempts += 1
             rec.error = None
@@ -377,6 +378,17 @@ class Migrator:
             self._finish_watch(rec)
 
         return run_step
+
+    def _check_lock(self, rec: MigrationRecord) -> None:
+        assert self.lock is not None
+        if self.lock.alive():
+            return
+        self.lock.held = False  # it went with its session: nothing to release
+        self.log.error("lock.lost", key=self.lock.key, next_revision=rec.revision)
+        raise DatabaseUnreachableError(
+            "the advisory lock's session was lost (terminated, or the server restarted), so "
+            f"another runner may start: stopped before migration {rec.revision}, which did "
+            "not run", revision=rec.revision)
 
     def _finish_watch(self, rec: MigrationRecord) -> None:
         assert self.monitor is not None

@@ -72,3 +72,36 @@ def test_two_services_with_their_own_version_tables_run_in_parallel(make_project
     (a_start, a_end), (b_start, b_end) = spans
     assert a_start < b_end and b_start < a_end, (spans, elapsed)
     assert advisory_locks(sql) == 0
+
+
+def test_a_lost_lock_session_stops_the_run_before_the_next_migration(make_project, db, sql,
+                                                                      tmp_path):
+    """The lock goes with its session: carrying on would let a second runner in."""
+    project = make_project([
+        ("r1", "op.create_table('t1', sa.Column('id', sa.Integer))\n"
+               "op.execute('SELECT pg_sleep(1.5)')"),
+        ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))"),
+        ("r3", "op.create_table('t3', sa.Column('id', sa.Integer))"),
+    ])
+    proc = spawn(cli_args(project, db, "--lint", "off", artifacts=tmp_path / "a"))
+    deadline = time.monotonic() + 30
+    while not sql("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND "
+                  "application_name = 'safe-migrate-migration' AND query LIKE 'SELECT pg_sleep%%'"):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    terminated = sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name LIKE 'safe-migrate-lock %%'")
+    assert terminated == [(True,)]
+    code = proc.wait(60)
+    events = json_events(proc.stderr.read())
+    assert code == 7
+    lost = [e for e in events if e["event"] == "lock.lost"]
+    assert lost and lost[0]["next_revision"] == "r2"
+    assert [e["revision"] for e in events if e["event"] == "migration.done"] == ["r1"]
+    assert sql("SELECT version_num FROM alembic_version") == [("r1",)]
+    assert sql("SELECT to_regclass('t2')") == [(None,)]
+
+    rerun = spawn(cli_args(project, db, "--lint", "off", artifacts=tmp_path / "b"))
+    assert rerun.wait(60) == 0, rerun.stderr.read()
+    assert sql("SELECT version_num FROM alembic_version") == [("r3",)]
+    assert advisory_locks(sql) == 0
