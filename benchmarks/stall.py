@@ -36,6 +36,7 @@ from benchmarks.common import (
     safe_migrate_argv,
     tool,
     upgrade_core_flags,
+    wait_exact,
 )
 
 BENCH = "stall"
@@ -138,12 +139,7 @@ def scenario(server: Server, database: str, argv: list[str], env: dict[str, str]
         with tempfile.TemporaryFile() as err:
             times["migration_start"] = time.monotonic()
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                out.returncode = proc.wait(timeout=max(1.0, hard_deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                out.returncode = None
+            out.returncode = wait_exact(proc, max(1.0, hard_deadline - time.monotonic()))
             times["migration_end"] = time.monotonic()
             err.seek(0)
             out.stderr_tail = "\n".join(err.read().decode(errors="replace").splitlines()[-5:])
