@@ -51,7 +51,7 @@ def render(header: dict[str, str], figures: list[Figure], mode: str, seconds: fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes for CI (~90 s instead of ~10 min)")
+                        help="smaller sizes for CI (~90 s instead of ~3 min)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
                         help="run only these benchmarks")
