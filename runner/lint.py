@@ -25,7 +25,7 @@ from typing import Any, Literal
 from alembic.script import Script
 
 from runner.errors import PreflightError, UsageError
-from runner.planning.history import History
+from runner.planning.history import History, revision_source
 from runner.planning.offline import RUNNING, offline_sql, split_by_revision
 from runner.project import Project
 
@@ -238,7 +238,7 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
                          f"{detail[0] if detail else 'no output'}") from None
     order = {name: i for i, name in enumerate(files)}
     found: list[tuple[int, Finding]] = []
-    ignores = {name: ignored_rules(_read(script.path)) for name, script in files.items()}
+    ignores = {name: ignored_rules(revision_source(script)) for name, script in files.items()}
     for report in reports:
         name = str(report.get("file"))
         if name not in files:
@@ -254,12 +254,6 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
     found.sort(key=lambda item: (item[0], item[1].line))  # revision order, then line
     return [finding for _, finding in found]
 
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def lint_pending(project: Project, history: History, revisions: list[str]) -> list[Finding]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from alembic.script import Script
@@ -28,6 +27,7 @@ from runner.planning.history import (
     check_target,
     load_history,
     pending,
+    revision_source,
 )
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
@@ -174,7 +174,7 @@ def _describe(project: Project, history: History, current: tuple[str, ...],
     for p in planned:
         p.sql = sql.get(p.script.revision)
         p.sql_error = None if p.sql else (error or "no offline SQL for this revision")
-        p.reasons = non_transactional_reasons(_read(p.script.path),
+        p.reasons = non_transactional_reasons(revision_source(p.script),
                                               p.sql.body if p.sql else None)
     return planned
 
@@ -187,12 +187,6 @@ def _lint(planned: list[PlannedRevision]) -> None:
     for p in planned:
         p.findings = by_rev.get(p.script.revision, [])
 
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 # -- output ------------------------------------------------------------------------------------

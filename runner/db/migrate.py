@@ -49,7 +49,7 @@ from runner.errors import (
     SafeMigrateError,
 )
 from runner.logging import quiet_alembic
-from runner.planning.history import History, check_database_revisions
+from runner.planning.history import History, check_database_revisions, revision_source
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, fresh_attributes
 from runner.settings import Settings
@@ -331,7 +331,7 @@ class Migrator:
     def _record(self, step: RevisionStep) -> MigrationRecord:
         script = step.revision
         down = script.down_revision
-        source = _read(script.path)
+        source = revision_source(script)
         return MigrationRecord(
             revision=script.revision,
             down_revision=list(down) if isinstance(down, (tuple, list)) else down,
@@ -421,10 +421,3 @@ def _describe(info: dict[str, Any]) -> str:
 def _ms_since(start: float | None) -> int | None:
     return None if start is None else round((time.monotonic() - start) * 1000)
 
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""

@@ -122,3 +122,12 @@ def pending(history: History, db_heads: tuple[str, ...], target: str) -> list[Sc
     # alembic's own ordering; its annotation says str, but command.upgrade passes the heads tuple
     steps = history.script._upgrade_revs(target, db_heads)  # type: ignore[arg-type]
     return [step.revision for step in steps]
+
+
+def revision_source(script: Script) -> str:
+    """The revision file's text ("" if it cannot be read: the markers then find nothing)."""
+    try:
+        with open(script.path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""

@@ -21,7 +21,12 @@ def test_sixteen_runners_apply_every_migration_exactly_once(make_project, db, sq
     codes = sorted(code for code, _ in results)
     # The only acceptable failure is "lock busy" under the short --advisory-lock-wait.
     assert set(codes) <= {0, 4}, [err[-500:] for code, err in results if code not in (0, 4)]
-    assert 0 in codes and 4 in codes, codes
+    assert 0 in codes, codes
+    # They did contend: some found the lock held (whether they then got it or gave up with 4
+    # depends on how fast 16 interpreters start on the machine).
+    waited = [err for _, err in results
+              if any(e["event"] == "lock.waiting" for e in json_events(err))]
+    assert waited, codes
     assert sql("SELECT rev, count(*) FROM applied_log GROUP BY rev ORDER BY rev") == [
         (f"s{i}", 1) for i in range(1, 5)]
     appliers = [sum(e["event"] == "migration.done" for e in json_events(err))
