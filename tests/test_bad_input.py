@@ -300,6 +300,16 @@ def env_py_raises(ctx: Ctx) -> list[str]:
     return ctx.args(project)
 
 
+def plan_without_database(ctx: Ctx) -> list[str]:
+    project = ctx.project()
+    ini = project.ini.read_text()
+    project.ini.write_text("\n".join("sqlalchemy.url =" if line.startswith("sqlalchemy.url")
+                                     else line for line in ini.splitlines()) + "\n")
+    ctx.monkeypatch.delenv("DATABASE_URL", raising=False)
+    ctx.monkeypatch.delenv("DATABASE_URL_FILE", raising=False)
+    return ["plan", "-c", str(project.ini), "--log-format", "json"]
+
+
 def recover_without_yes(ctx: Ctx) -> list[str]:
     project = ctx.project([("r1", R1), ("r2", R2 + "\nop.execute('SELECT * FROM nope_table')")])
     # A failed run first, so that recover has a plan to execute.
@@ -357,6 +367,7 @@ CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (url_file_missing, 2, "no-such-secret"),
     (url_file_empty, 2, "is empty"),
     (env_py_raises, 2, "env-py-is-broken"),
+    (plan_without_database, 2, "plan needs a database"),
     (recover_without_yes, 2, "--yes"),
     (unknown_subcommand, 2, "frobnicate"),
     (revision_cycle, 3, "cycle"),

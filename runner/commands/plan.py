@@ -16,8 +16,8 @@ from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util.exc import CommandError
 
 from runner import lint
-from runner.db import catalog
-from runner.db.connect import connect, first_line
+from runner.db.connect import first_line
+from runner.db.probe import database_heads
 from runner.errors import PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
@@ -32,7 +32,7 @@ from runner.planning.history import (
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
 from runner.settings import LINT_MODES, Settings, add_lint_argument
-from runner.urls import mask, mask_text, parse_url
+from runner.urls import mask, mask_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,25 +135,19 @@ def _resolve_from(history: History, rev: str) -> tuple[str, ...]:
 
 
 def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str, ...]:
-    """The database's revisions, read-only. The version table is assumed to be
-    public.alembic_version unless alembic.ini sets version_table / version_table_schema
-    (plan does not run env.py online)."""
-    url = settings.database_url
-    if url is None:
-        text = project.config.get_main_option("sqlalchemy.url")
-        if not text:
-            raise UsageError("plan needs a database: pass --database-url (or set DATABASE_URL), "
-                             "or plan without one with --from REV")
-        url = parse_url(text)
-    schema = project.config.get_main_option("version_table_schema") or "public"
-    table = project.config.get_main_option("version_table") or "alembic_version"
-    conn = connect(url, timeout=settings.connect_timeout, application_name="safe-migrate-plan")
+    """The database's revisions, read-only, from the version table env.py names (env.py runs
+    online as `alembic current` runs it: nothing is created)."""
     try:
-        conn.execute("SET default_transaction_read_only = on")  # plan never writes
-        heads = catalog.version_heads(conn, schema, table)
-    finally:
-        conn.close()
-    log.info("database", url=mask(url), version_table=f"{schema}.{table}",
+        found, heads = database_heads(project, timeout=settings.connect_timeout,
+                                      application_name="safe-migrate-plan")
+    except UsageError:
+        if settings.database_url is None and not project.config.get_main_option(
+                "sqlalchemy.url"):
+            raise UsageError("plan needs a database: pass --database-url (or set DATABASE_URL), "
+                             "or plan without one with --from REV") from None
+        raise
+    log.info("database", url=mask(found.url),
+             version_table=f"{found.version_schema}.{found.version_table}",
              heads=list(heads or ()))
     return heads or ()
 

@@ -16,10 +16,9 @@ import psycopg
 
 from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
-from runner.db import catalog
-from runner.db.connect import connect, first_line
+from runner.db.connect import first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
-from runner.db.probe import probe
+from runner.db.probe import database_heads
 from runner.errors import (
     ExitCode,
     PartialApplyError,
@@ -81,10 +80,8 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
 
     started = time.monotonic()
     try:
-        found = probe(project)
-        with connect(found.url, timeout=settings.connect_timeout,
-                     application_name="safe-migrate-lint") as conn:
-            heads = catalog.version_heads(conn, found.version_schema, found.version_table)
+        _, heads = database_heads(project, timeout=settings.connect_timeout,
+                                  application_name="safe-migrate-lint")
         revisions = [s.revision for s in pending(history, tuple(heads or ()), settings.target)]
         if not revisions:
             return

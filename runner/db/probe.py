@@ -14,7 +14,8 @@ from typing import Any
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import URL
 
-from runner.db.connect import env_py_failure
+from runner.db import catalog
+from runner.db.connect import connect, env_py_failure
 from runner.errors import UsageError
 from runner.logging import quiet_alembic
 from runner.project import Project, fresh_attributes
@@ -54,3 +55,14 @@ def probe(project: Project) -> ProbeResult:
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
     return found[0]
+
+
+def database_heads(project: Project, *, timeout: float,
+                   application_name: str) -> tuple[ProbeResult, tuple[str, ...] | None]:
+    """Where env.py connects, and what its version table holds (None: no table yet), read-only:
+    for the commands that look before they run (plan, upgrade's lint)."""
+    found = probe(project)
+    with connect(found.url, timeout=timeout, application_name=application_name) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        heads = catalog.version_heads(conn, found.version_schema, found.version_table)
+    return found, heads

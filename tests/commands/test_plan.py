@@ -108,6 +108,24 @@ def test_plan_reads_the_database(make_project: MakeProject, db: URL,
     assert code == 0 and [p["revision"] for p in doc["pending"]] == ["r2"]
 
 
+def test_plan_reads_the_version_table_env_py_names(make_project: MakeProject, db: URL,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An env.py with its own version_table: plan must look there, as upgrade does."""
+    project = make_project([]).add_modules(LINEAR)
+    env = project.root / "env.py"
+    env.write_text(env.read_text().replace(
+        "connection=connection, target_metadata=target_metadata",
+        "connection=connection, target_metadata=target_metadata, version_table='svc_version'"))
+    assert "svc_version" in env.read_text()
+    url = db.render_as_string(hide_password=False)
+    config = Config(str(project.ini))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "r1")  # through that env.py: r1 lands in svc_version
+    code, doc = _plan_json(capsys, ["-c", str(project.ini), "--database-url", url])
+    assert code == 0 and doc["current"] == ["r1"]
+    assert [p["revision"] for p in doc["pending"]] == ["r2", "r3"]
+
+
 def test_plan_unknown_database_revision_is_refused(make_project: MakeProject, db: URL,
                                                    sql: Callable[..., Any],
                                                    logs: list[dict[str, Any]],
