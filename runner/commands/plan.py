@@ -17,7 +17,7 @@ from alembic.util.exc import CommandError
 
 from runner import lint
 from runner.db.connect import first_line
-from runner.db.probe import database_heads
+from runner.db.probe import probe
 from runner.errors import PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
@@ -138,8 +138,7 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
     """The database's revisions, read-only, from the version table env.py names (env.py runs
     online as `alembic current` runs it: nothing is created)."""
     try:
-        found, heads = database_heads(project, timeout=settings.connect_timeout,
-                                      application_name="safe-migrate-plan")
+        found = probe(project)
     except UsageError:
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):
@@ -148,8 +147,8 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
         raise
     log.info("database", url=mask(found.url),
              version_table=f"{found.version_schema}.{found.version_table}",
-             heads=list(heads or ()))
-    return heads or ()
+             heads=list(found.heads))
+    return found.heads
 
 
 def _describe(project: Project, history: History, current: tuple[str, ...],

@@ -18,7 +18,7 @@ from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db.connect import first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
-from runner.db.probe import database_heads
+from runner.db.probe import probe
 from runner.errors import (
     ExitCode,
     PartialApplyError,
@@ -80,9 +80,8 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
 
     started = time.monotonic()
     try:
-        _, heads = database_heads(project, timeout=settings.connect_timeout,
-                                  application_name="safe-migrate-lint")
-        revisions = [s.revision for s in pending(history, tuple(heads or ()), settings.target)]
+        heads = probe(project).heads
+        revisions = [s.revision for s in pending(history, heads, settings.target)]
         if not revisions:
             return
         findings = lint.lint_pending(project, history, revisions)

@@ -14,8 +14,7 @@ from typing import Any
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import URL
 
-from runner.db import catalog
-from runner.db.connect import connect, env_py_failure
+from runner.db.connect import env_py_failure
 from runner.errors import UsageError
 from runner.logging import quiet_alembic
 from runner.project import Project, fresh_attributes
@@ -27,6 +26,7 @@ class ProbeResult:
     url: URL
     version_table: str
     version_schema: str
+    heads: tuple[str, ...] = ()  # what the version table holds, read by alembic itself
 
 
 def probe(project: Project) -> ProbeResult:
@@ -44,8 +44,13 @@ def probe(project: Project) -> ProbeResult:
         quiet_alembic()
         original(*args, **kwargs)
 
-    env = EnvironmentContext(project.config, project.script, fn=lambda rev, ctx: [],
-                             dont_mutate=True)
+    def no_steps(heads: tuple[str, ...], _context: Any) -> list[Any]:
+        # alembic read the version table for us, as `alembic current` does (no table: ()).
+        if found and not found[0].heads:
+            found[0].heads = tuple(heads)
+        return []
+
+    env = EnvironmentContext(project.config, project.script, fn=no_steps, dont_mutate=True)
     env.configure = functools.partial(configure, env.configure)  # type: ignore[method-assign]
     try:
         with env, fresh_attributes(project.config):
@@ -56,13 +61,3 @@ def probe(project: Project) -> ProbeResult:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
     return found[0]
 
-
-def database_heads(project: Project, *, timeout: float,
-                   application_name: str) -> tuple[ProbeResult, tuple[str, ...] | None]:
-    """Where env.py connects, and what its version table holds (None: no table yet), read-only:
-    for the commands that look before they run (plan, upgrade's lint)."""
-    found = probe(project)
-    with connect(found.url, timeout=timeout, application_name=application_name) as conn:
-        conn.execute("SET default_transaction_read_only = on")
-        heads = catalog.version_heads(conn, found.version_schema, found.version_table)
-    return found, heads
