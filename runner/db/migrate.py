@@ -176,6 +176,8 @@ class Migrator:
         rec = self.current if self.current and self.current.outcome != "applied" else None
         if rec is None:
             return self._failure_outside_migration(exc)
+        if rec.outcome == "running" and isinstance(exc, SafeMigrateError):
+            return exc  # the runner's own step before the migration (its pre-step snapshot)
         info = rec.error or error_info(exc)
         where = f"migration {rec.revision}"
         if rec.partial:

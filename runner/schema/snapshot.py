@@ -22,10 +22,15 @@ from typing import Literal
 
 from sqlalchemy.engine import URL
 
-from runner.errors import SafeMigrateError, UsageError
+from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
 from runner.urls import libpq_params, mask_text
 
 _NOT_FOUND = "pg_dump not found: install the PostgreSQL client, or pass --pg-dump PATH"
+# libpq's words when the server cannot be reached or went away: a retry may succeed (exit 7).
+_CONNECTION_LOST = re.compile(
+    r"could not connect|connection to server .* failed|server closed the connection|"
+    r"terminating connection|no connection to the server|could not receive data from server|"
+    r"the database system is (?:shutting down|starting up|in recovery mode)|SSL SYSCALL error")
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 #: A table to leave out of the dump: "name", or (schema, name) with schema None for "visible".
@@ -140,8 +145,10 @@ def dump_schema(pg_dump: Path, url: URL, *, exclude_tables: Sequence[TableName],
         raise UsageError(f"cannot run pg_dump at {pg_dump}: {exc}") from None
     if result.returncode != 0:
         stderr = _mask(result.stderr.decode(errors="replace").strip(), secret.get("PGPASSWORD"))
-        raise SnapshotError(f"pg_dump failed (exit {result.returncode}): {stderr}",
-                            returncode=result.returncode, stderr=stderr)
+        message = f"pg_dump failed (exit {result.returncode}): {stderr}"
+        if _CONNECTION_LOST.search(stderr) and "does not exist" not in stderr:
+            raise DatabaseUnreachableError(message, returncode=result.returncode, stderr=stderr)
+        raise SnapshotError(message, returncode=result.returncode, stderr=stderr)
     return result.stdout.decode("utf-8", errors="replace")
 
 

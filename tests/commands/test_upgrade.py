@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from structlog.testing import capture_logs
 from support import (
@@ -18,6 +19,8 @@ from support import (
     tables_of,
     version_of,
 )
+
+from runner.urls import libpq_kwargs
 
 FIVE = [
     ("r1", "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"),
@@ -322,3 +325,37 @@ def test_stderr_is_json_lines_only_with_the_default_lint(make_project, db, sql, 
     lint_done = events_named(events, "lint.done")
     assert lint_done and lint_done[0]["revisions"] == 2
     assert version_of(sql) == ["r2"]
+
+
+def test_pg_dump_refused_before_a_step_is_exit_7_and_the_step_never_starts(
+        make_project, db, server, sql, tmp_path):
+    """The pre-step snapshot of a non-transactional migration cannot connect (here: the
+    database stops accepting new connections while r1 runs): retry-safe exit 7, not a failed
+    migration, and r2 never starts."""
+    name = db.database
+    project = make_project([
+        ("r1", "op.execute('SELECT pg_sleep(1.5)')"),
+        ("r2", "with op.get_context().autocommit_block():\n"
+               "    op.execute('CREATE TABLE IF NOT EXISTS t2 (id int)')"),
+    ])
+    proc = spawn(cli_args(project, db, "--lint", "off", artifacts=tmp_path / "a"))
+    try:
+        deadline = time.monotonic() + 30
+        while not sql("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND "
+                      "application_name = 'safe-migrate-migration' AND "
+                      "query LIKE 'SELECT pg_sleep%%'"):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        with psycopg.connect(**libpq_kwargs(server.url), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        code = proc.wait(60)
+    finally:
+        with psycopg.connect(**libpq_kwargs(server.url), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    events = json_events(proc.stderr.read())
+    assert code == 7
+    assert [e["revision"] for e in events if e["event"] == "migration.done"] == ["r1"]
+    assert [e["revision"] for e in events if e["event"] == "migration.start"] == ["r1"]
+    error = [e for e in events if e["event"] == "error"][-1]
+    assert "pg_dump failed" in error["message"] and "not currently accepting" in error["message"]
+    assert version_of(sql) == ["r1"] and "t2" not in tables_of(sql)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 import runner.embedded
 from runner.embedded import EmbeddedPostgres
-from runner.errors import ExitCode, UsageError
+from runner.errors import DatabaseUnreachableError, ExitCode, UsageError
 from runner.schema.snapshot import (
     SchemaObject,
     Snapshot,
@@ -603,6 +603,18 @@ def test_pg_dump_failure_is_a_snapshot_error(db: Database) -> None:
     assert info.value.exit_code == ExitCode.INTERNAL
 
 
+def test_pg_dump_that_cannot_reach_the_server_is_exit_7() -> None:
+    """A server gone or unreachable is worth a retry (SPEC: exit 7), unlike a pg_dump bug."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = URL.create("postgresql+psycopg", username="nobody", host="127.0.0.1", port=port,
+                     database="none")
+    with pytest.raises(DatabaseUnreachableError, match="pg_dump failed") as info:
+        dump_schema(find_pg_dump(None), url, exclude_tables=[])
+    assert info.value.exit_code == ExitCode.UNREACHABLE
+
+
 def test_older_pg_dump_is_refused_for_newer_server(embedded_server: EmbeddedPostgres) -> None:
     if not PG15_DUMP.exists():
         pytest.skip(f"{PG15_DUMP} not installed")
@@ -660,7 +672,8 @@ def test_password_is_never_on_pg_dump_argv(password_server: EmbeddedPostgres,
 def test_wrong_password_error_is_masked(password_server: EmbeddedPostgres) -> None:
     wrong = "Wrong-Secret-7777"
     url = password_server.url().set(password=wrong)
-    with pytest.raises(SnapshotError, match="password authentication failed") as info:
+    # Authentication failed: exit 7, as for the runner's own connections (SPEC).
+    with pytest.raises(DatabaseUnreachableError, match="password authentication failed") as info:
         dump_schema(find_pg_dump(None), url, exclude_tables=VERSION_TABLE)
     assert wrong not in str(info.value) and wrong not in repr(info.value.data)
     assert os.environ.get("PGPASSWORD") != wrong  # nothing leaked into our own environment
