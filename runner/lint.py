@@ -255,7 +255,6 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
     return [finding for _, finding in found]
 
 
-
 def lint_pending(project: Project, history: History, revisions: list[str]) -> list[Finding]:
     """Findings for the pending `revisions` (upgrade order). For `upgrade --lint`.
 

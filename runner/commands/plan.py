@@ -181,7 +181,6 @@ def _lint(planned: list[PlannedRevision]) -> None:
         p.findings = by_rev.get(p.script.revision, [])
 
 
-
 # -- output ------------------------------------------------------------------------------------
 
 def _output(doc: dict[str, Any], fmt: str) -> None:

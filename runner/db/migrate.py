@@ -422,4 +422,3 @@ def _describe(info: dict[str, Any]) -> str:
 
 def _ms_since(start: float | None) -> int | None:
     return None if start is None else round((time.monotonic() - start) * 1000)
-
