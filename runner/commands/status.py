@@ -12,7 +12,7 @@ from runner.db.connect import connect
 from runner.db.lock import version_table_key
 from runner.db.probe import probe
 from runner.logging import get_logger
-from runner.planning.history import load_history
+from runner.planning.history import load_history, unknown_revisions
 from runner.planning.history import pending as _pending
 from runner.project import load_project
 from runner.settings import Settings
@@ -34,9 +34,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         key = version_table_key(conn, found.version_schema, found.version_table)
         holders = [h.to_dict() for h in catalog.advisory_lock_holders(conn, key)]
         leftovers = catalog.invalid_indexes(conn) + catalog.not_valid_constraints(conn)
-    known = {s.revision for s in history.revisions}
     current = list(heads or ())
-    unknown = [rev for rev in current if rev not in known]
+    unknown = unknown_revisions(history, tuple(current))
     pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]
     runs = find_run_dirs(settings.artifacts_root)
     last = load_run(runs[-1]) if runs else None

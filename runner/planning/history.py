@@ -5,6 +5,7 @@ Pure functions over alembic's ScriptDirectory / RevisionMap: tested without a da
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass
@@ -31,7 +32,11 @@ from runner.errors import (
 class History:
     script: ScriptDirectory
     heads: tuple[str, ...]
-    revisions: tuple[Script, ...]  # base -> heads order
+
+    @functools.cached_property
+    def revisions(self) -> tuple[Script, ...]:
+        """Every revision, base -> heads order (walked on first use: most commands never do)."""
+        return tuple(reversed(list(self.script.walk_revisions("base", "heads"))))
 
     def by_id(self, revision: str) -> Script:
         found = self.script.get_revision(revision)
@@ -44,8 +49,7 @@ def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            heads = tuple(script.get_heads())
-            revisions = tuple(reversed(list(script.walk_revisions("base", "heads"))))
+            heads = tuple(script.get_heads())  # builds the map: cycles and gaps show here
         except (CycleDetected, DependencyCycleDetected) as exc:
             raise PreflightError(
                 f"the revision history has a cycle through {', '.join(exc.revisions)}: "
@@ -61,11 +65,11 @@ def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -
             raise PreflightError(
                 f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
     _check_warnings(caught)
-    if not revisions:
+    if not heads:
         raise UsageError(
             f"no migration scripts found in {script.versions}: check script_location "
             f"in {config_hint}")
-    return History(script=script, heads=heads, revisions=revisions)
+    return History(script=script, heads=heads)
 
 
 def _warning_detail(caught: list[warnings.WarningMessage]) -> str:
@@ -105,9 +109,14 @@ def check_target(history: History, target: str, *, config_hint: str) -> tuple[st
 
 
 def check_database_revisions(history: History, db_heads: tuple[str, ...]) -> None:
-    unknown = [rev for rev in db_heads if not _known(history.script, rev)]
+    unknown = unknown_revisions(history, db_heads)
     if unknown:
         raise UnknownDatabaseRevisionError(unknown)
+
+
+def unknown_revisions(history: History, db_heads: tuple[str, ...]) -> list[str]:
+    """The database's revisions that the migration scripts do not contain."""
+    return [rev for rev in db_heads if not _known(history.script, rev)]
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:
