@@ -12,6 +12,7 @@ PostgreSQL (default) or on `--database-url`'s server; it is dropped afterwards u
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ from sqlalchemy.engine import URL
 
 from runner.db import catalog
 from runner.db.connect import connect, first_line
-from runner.errors import PreflightError
+from runner.db.probe import probe
+from runner.errors import PreflightError, UsageError
 from runner.logging import get_logger
 from runner.planning.history import History, load_history
 from runner.project import Project, load_project, set_url
@@ -70,8 +72,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     history = load_history(project.script, config_hint=str(settings.config_file))
     need_dump = bool(args.write_schema or args.schema_dir)
     log.info("run.start", command="verify", revisions=len(history.revisions))
-    with scratch_database(settings, log, keep=args.keep) as scratch:
-        set_url(project.config, scratch.url.render_as_string(hide_password=False))
+    with scratch_database(settings, log, keep=args.keep) as scratch, \
+            _pointed_at(project, scratch):
         pg_dump = None
         if need_dump:
             pg_dump = snapshot.find_pg_dump(settings.pg_dump or scratch.pg_dump)
@@ -96,6 +98,39 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- scratch database --------------------------------------------------------------------------
+
+@contextmanager
+def _pointed_at(project: Project, scratch: Scratch) -> Iterator[None]:
+    """Point env.py at the scratch database, and make sure it listens: the stairway runs
+    downgrades, which must never reach the database env.py would otherwise connect to.
+
+    env.py gets the scratch URL as sqlalchemy.url and, for the many env.py files that read it
+    themselves, as DATABASE_URL (which for verify names the server to put the scratch
+    database on, often a real database of that server).
+    """
+    url = scratch.url.render_as_string(hide_password=False)
+    set_url(project.config, url)
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        found = probe(project)  # read-only, as `alembic current`
+        if not _same_database(found.url, scratch.url):
+            raise UsageError(
+                f"env.py connects to {mask(found.url)}, not to verify's scratch database "
+                f"{mask(scratch.url)}: verify runs downgrades, so it stops before any. Let "
+                "env.py take its URL from sqlalchemy.url or DATABASE_URL")
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
+
+
+def _same_database(a: URL, b: URL) -> bool:
+    return (a.host or "", a.port or 5432, a.database) == (b.host or "", b.port or 5432,
+                                                          b.database)
+
 
 @dataclass
 class Scratch:

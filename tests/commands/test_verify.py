@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,62 @@ def test_verify_optuna_migrations(logs: list[dict[str, Any]], monkeypatch: pytes
     failed = {(e["revision"], e["direction"]) for e in logs if e["event"] == "verify.failed"}
     assert ("v3.0.0.c", "downgrade") in failed
     assert "FAILED v3.0.0.c downgrade" in capsys.readouterr().out
+
+
+# An env.py that builds its engine from an environment variable, ignoring sqlalchemy.url.
+ENV_FROM_VARIABLE = '''
+import os
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+url = os.environ["{variable}"]
+if context.is_offline_mode():
+    context.configure(url=url, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    with create_engine(url, poolclass=pool.NullPool).connect() as connection:
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+'''
+
+
+def _live_database(db: Any, sql: Any) -> list[Any]:
+    """A database with data that the stairway's downgrades would destroy."""
+    sql("CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL)")
+    sql("INSERT INTO accounts VALUES (1, 'a@example.com')")
+    return sql("SELECT * FROM accounts")
+
+
+def test_verify_refuses_an_env_py_that_would_connect_elsewhere(
+        make_project: MakeProject, server: Server, db: Any, sql: Any,
+        monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]) -> None:
+    rows = _live_database(db, sql)
+    project = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD)]))
+    (project.root / "env.py").write_text(ENV_FROM_VARIABLE.format(variable="LIVE_DB_URL"))
+    monkeypatch.setenv("LIVE_DB_URL", db.render_as_string(hide_password=False))
+    code = main(["verify", "-c", str(project.ini), "--database-url",
+                 server.url.render_as_string(hide_password=False)], configure_logging=False)
+    assert code == 2
+    assert not [e for e in logs if e["event"] == "verify.step"]  # not one step ran
+    assert sql("SELECT * FROM accounts") == rows
+    assert sql("SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+def test_verify_points_an_env_py_reading_database_url_at_the_scratch_database(
+        make_project: MakeProject, db: Any, sql: Any, monkeypatch: pytest.MonkeyPatch,
+        logs: list[dict[str, Any]]) -> None:
+    """For verify, DATABASE_URL names the server for the scratch database; an env.py that
+    reads it must not migrate the database it names."""
+    rows = _live_database(db, sql)
+    project = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD)]))
+    (project.root / "env.py").write_text(ENV_FROM_VARIABLE.format(variable="DATABASE_URL"))
+    url = db.render_as_string(hide_password=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["verify", "-c", str(project.ini)], configure_logging=False) == 0
+    assert _steps(logs) == [(rev, d, True) for rev in ("r1", "r2")
+                            for d in ("upgrade", "downgrade", "re-upgrade")]
+    assert sql("SELECT * FROM accounts") == rows
+    assert sql("SELECT to_regclass('alembic_version')") == [(None,)]
+    assert os.environ["DATABASE_URL"] == url  # restored
