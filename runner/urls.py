@@ -41,6 +41,12 @@ def mask_text(text: str) -> str:
     return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
 
 
+def same_database(a: URL, b: URL) -> bool:
+    """Whether two URLs name the same database (host, port, name; driver and options aside)."""
+    return (a.host or "", a.port or 5432, a.database) == (b.host or "", b.port or 5432,
+                                                          b.database)
+
+
 def libpq_kwargs(url: URL) -> dict[str, str]:
     """libpq connection parameters: the query string's, then the URL's own parts on top."""
     kwargs = {key: _first(value) or "" for key, value in url.query.items()}

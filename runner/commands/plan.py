@@ -138,7 +138,7 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
     """The database's revisions, read-only, from the version table env.py names (env.py runs
     online as `alembic current` runs it: nothing is created)."""
     try:
-        found = probe(project)
+        found = probe(project, settings.database_url)
     except UsageError:
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):

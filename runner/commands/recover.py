@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     project = load_project(settings)
-    found = probe(project)
+    found = probe(project, settings.database_url)
     conn = connect(found.url, timeout=settings.connect_timeout,
                    application_name="safe-migrate-recover")
     with conn:

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def collect(settings: Settings) -> dict[str, Any]:
     project = load_project(settings)
     history = load_history(project.script, config_hint=str(settings.config_file))
-    found = probe(project)
+    found = probe(project, settings.database_url)
     conn = connect(found.url, timeout=settings.connect_timeout,
                    application_name="safe-migrate-status")
     with conn:

@@ -80,7 +80,7 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
 
     started = time.monotonic()
     try:
-        heads = probe(project).heads
+        heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
         if not revisions:
             return

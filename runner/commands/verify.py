@@ -36,7 +36,7 @@ from runner.planning.history import History, load_history
 from runner.project import Project, load_project, set_url
 from runner.schema import snapshot
 from runner.settings import Settings
-from runner.urls import mask, mask_text
+from runner.urls import mask, mask_text, same_database
 
 UPGRADE, DOWNGRADE, REUPGRADE, REBUILD, CHECK = (
     "upgrade", "downgrade", "re-upgrade", "rebuild", "check")
@@ -114,7 +114,7 @@ def _pointed_at(project: Project, scratch: Scratch) -> Iterator[None]:
     os.environ["DATABASE_URL"] = url
     try:
         found = probe(project)  # read-only, as `alembic current`
-        if not _same_database(found.url, scratch.url):
+        if not same_database(found.url, scratch.url):
             raise UsageError(
                 f"env.py connects to {mask(found.url)}, not to verify's scratch database "
                 f"{mask(scratch.url)}: verify runs downgrades, so it stops before any. Let "
@@ -125,11 +125,6 @@ def _pointed_at(project: Project, scratch: Scratch) -> Iterator[None]:
             os.environ.pop("DATABASE_URL", None)
         else:
             os.environ["DATABASE_URL"] = saved
-
-
-def _same_database(a: URL, b: URL) -> bool:
-    return (a.host or "", a.port or 5432, a.database) == (b.host or "", b.port or 5432,
-                                                          b.database)
 
 
 @dataclass

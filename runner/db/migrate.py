@@ -40,6 +40,7 @@ from runner.db import catalog
 from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
+from runner.db.probe import check_database
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -287,6 +288,7 @@ class Migrator:
 
     def _open_side(self, connection: Connection, table: str, schema: str) -> None:
         url = parse_url(connection.engine.url.render_as_string(hide_password=False))
+        check_database(url, self.settings.database_url)  # before the lock, before anything
         self.side = connect(url, timeout=self.settings.connect_timeout,
                             application_name="safe-migrate-monitor")
         version_num = catalog.server_version_num(self.side)

@@ -18,7 +18,7 @@ from runner.db.connect import env_py_failure
 from runner.errors import UsageError
 from runner.logging import quiet_alembic
 from runner.project import Project, fresh_attributes
-from runner.urls import parse_url
+from runner.urls import mask, parse_url, same_database
 
 
 @dataclass
@@ -29,7 +29,18 @@ class ProbeResult:
     heads: tuple[str, ...] = ()  # what the version table holds, read by alembic itself
 
 
-def probe(project: Project) -> ProbeResult:
+def check_database(url: URL, asked: URL | None) -> None:
+    """UsageError (exit 2) when env.py connects to another database than --database-url /
+    DATABASE_URL names: an env.py that ignores sqlalchemy.url must never get a command's
+    work done on a database nobody asked for."""
+    if asked is not None and not same_database(url, asked):
+        raise UsageError(f"env.py connects to {mask(url)}, not to the --database-url / "
+                         f"DATABASE_URL given ({mask(asked)}): nothing was run. Let env.py "
+                         "take its URL from sqlalchemy.url")
+
+
+def probe(project: Project, expect: URL | None = None) -> ProbeResult:
+    """What env.py connects to; with `expect` (the URL the user gave), refused when not that."""
     found: list[ProbeResult] = []
 
     def configure(original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -59,5 +70,6 @@ def probe(project: Project) -> ProbeResult:
         raise env_py_failure(exc) from None
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
+    check_database(found[0].url, expect)
     return found[0]
 

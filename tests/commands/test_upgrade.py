@@ -359,3 +359,36 @@ def test_pg_dump_refused_before_a_step_is_exit_7_and_the_step_never_starts(
     error = [e for e in events if e["event"] == "error"][-1]
     assert "pg_dump failed" in error["message"] and "not currently accepting" in error["message"]
     assert version_of(sql) == ["r1"] and "t2" not in tables_of(sql)
+
+
+ENV_FROM_LIVE_DB_URL = '''
+import os
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+url = os.environ["LIVE_DB_URL"]
+with create_engine(url, poolclass=pool.NullPool).connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+'''
+
+
+@pytest.mark.parametrize("command", ["upgrade", "status", "plan"])
+def test_an_env_py_connecting_elsewhere_than_the_url_given_is_refused(
+        command, make_project, db, sql, server, monkeypatch, run_cli, tmp_path, capsys):
+    """env.py ignores sqlalchemy.url: the database it would migrate is not the one named."""
+    other = server.create_database()
+    try:
+        project = make_project(FIVE[:2])
+        (project.root / "env.py").write_text(ENV_FROM_LIVE_DB_URL)
+        monkeypatch.setenv("LIVE_DB_URL", other.render_as_string(hide_password=False))
+        code = run_cli(cli_args(project, db, command=command, artifacts=tmp_path / "a"))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "env.py connects to" in err and other.database in err
+        assert version_of(sql) == []
+        with psycopg.connect(**libpq_kwargs(other), autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+    finally:
+        server.drop_database(other)
