@@ -31,6 +31,33 @@ def libpq(url: URL) -> str:
 
 # -- generated alembic projects -------------------------------------------------------------
 
+# Revision modules several test files use: an accounts table, a nullable column, an index.
+CREATE_ACCOUNTS = '''
+def upgrade():
+    op.create_table("accounts", sa.Column("id", sa.BigInteger, primary_key=True),
+                    sa.Column("email", sa.Text, nullable=False))
+
+
+def downgrade():
+    op.drop_table("accounts")
+'''
+ADD_NICK = '''
+def upgrade():
+    op.add_column("accounts", sa.Column("nick", sa.Text, nullable=True))
+
+
+def downgrade():
+    op.drop_column("accounts", "nick")
+'''
+INDEX_EMAIL = '''
+def upgrade():
+    op.create_index("ix_accounts_email", "accounts", ["email"])
+
+
+def downgrade():
+    op.drop_index("ix_accounts_email", table_name="accounts")
+'''
+
 GENERIC_ENV = (REPO / "examples" / "basic" / "env.py").read_text()
 
 # Builds its own engine from another section of the ini file, as many real projects do.

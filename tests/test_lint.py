@@ -7,29 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import MakeProject, chained, load_alembic_project
+from support import CREATE_ACCOUNTS, INDEX_EMAIL, MakeProject, chained, load_alembic_project
 
 from runner import lint
 from runner.errors import UsageError
 from runner.planning.history import load_history
 
-CREATE = '''
-def upgrade():
-    op.create_table("accounts", sa.Column("id", sa.BigInteger, primary_key=True),
-                    sa.Column("email", sa.Text, nullable=False))
-
-
-def downgrade():
-    op.drop_table("accounts")
-'''
-INDEX = '''
-def upgrade():
-    op.create_index("ix_accounts_email", "accounts", ["email"])
-
-
-def downgrade():
-    op.drop_index("ix_accounts_email", table_name="accounts")
-'''
 REQUIRED = '''
 def upgrade():
     op.add_column("accounts", sa.Column("nick", sa.Text, nullable=False))
@@ -47,7 +30,7 @@ def _lint(ini: Path) -> list[lint.Finding]:
 
 
 def test_findings_are_mapped_to_the_revision_file(make_project: MakeProject) -> None:
-    revisions = chained([("r1", CREATE), ("r2", INDEX), ("r3", REQUIRED)])
+    revisions = chained([("r1", CREATE_ACCOUNTS), ("r2", INDEX_EMAIL), ("r3", REQUIRED)])
     ini = make_project([]).add_modules(revisions).ini
     findings = _lint(ini)
     by_rule = {(f.revision, f.rule): f for f in findings}
@@ -67,7 +50,7 @@ def test_findings_are_mapped_to_the_revision_file(make_project: MakeProject) -> 
 def test_ignore_comment_silences_one_rule_for_one_revision(make_project: MakeProject) -> None:
     silenced = "# safe-migrate: ignore=adding-required-field\n" + REQUIRED
     ini = make_project([]).add_modules(
-        chained([("r1", CREATE), ("r2", INDEX), ("r3", silenced)])).ini
+        chained([("r1", CREATE_ACCOUNTS), ("r2", INDEX_EMAIL), ("r3", silenced)])).ini
     rules = {(f.revision, f.rule) for f in _lint(ini)}
     assert ("r3", "adding-required-field") not in rules
     assert ("r2", "require-concurrent-index-creation") in rules
@@ -83,7 +66,7 @@ def upgrade():
 def downgrade():
     op.execute("DROP INDEX ix_a")
 '''
-    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", body)])).ini
+    ini = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", body)])).ini
     assert ("r2", "require-concurrent-index-creation") not in {
         (f.revision, f.rule) for f in _lint(ini)}
 
@@ -98,7 +81,7 @@ def upgrade():
 def downgrade():
     op.drop_index("ix_a", table_name="accounts")
 '''
-    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", body)])).ini
+    ini = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", body)])).ini
     rules = {(f.revision, f.rule) for f in _lint(ini)}
     # CONCURRENTLY outside the transaction is fine; without IF NOT EXISTS a retry after a
     # partial apply fails, which squawk's prefer-robust-stmts says.

@@ -10,19 +10,10 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
-from support import MakeProject, chained
+from support import ADD_NICK, CREATE_ACCOUNTS, MakeProject, chained
 
 from runner.main import main
 
-CREATE = '''
-def upgrade():
-    op.create_table("accounts", sa.Column("id", sa.BigInteger, primary_key=True),
-                    sa.Column("email", sa.Text, nullable=False))
-
-
-def downgrade():
-    op.drop_table("accounts")
-'''
 CONCURRENT = '''
 def upgrade():
     with op.get_context().autocommit_block():
@@ -32,14 +23,6 @@ def upgrade():
 
 def downgrade():
     op.drop_index("ix_accounts_email", table_name="accounts")
-'''
-ADD = '''
-def upgrade():
-    op.add_column("accounts", sa.Column("nick", sa.Text, nullable=True))
-
-
-def downgrade():
-    op.drop_column("accounts", "nick")
 '''
 INDEX = '''
 def upgrade():
@@ -51,7 +34,7 @@ def downgrade():
 '''
 
 
-LINEAR = [("r1", None, CREATE), ("r2", "r1", CONCURRENT), ("r3", "r2", ADD)]
+LINEAR = [("r1", None, CREATE_ACCOUNTS), ("r2", "r1", CONCURRENT), ("r3", "r2", ADD_NICK)]
 
 
 def _plan_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any]]:
@@ -145,7 +128,7 @@ def test_plan_unknown_database_revision_is_refused(make_project: MakeProject, db
 def test_plan_multiple_heads_refused_without_database(make_project: MakeProject,
                                                       logs: list[dict[str, Any]],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    branches = [("r1", None, CREATE), ("a2", "r1", ADD), ("b2", "r1", INDEX)]
+    branches = [("r1", None, CREATE_ACCOUNTS), ("a2", "r1", ADD_NICK), ("b2", "r1", INDEX)]
     ini = make_project([]).add_modules(branches).ini
     code = main(["plan", "-c", str(ini), "--from", "heads"], configure_logging=False)
     assert code == 3
@@ -164,7 +147,8 @@ def test_plan_single_head_pre_commit_check(make_project: MakeProject,
 
 def test_plan_lint_modes(make_project: MakeProject, logs: list[dict[str, Any]],
                         capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD), ("r3", INDEX)])).ini
+    revisions = [("r1", CREATE_ACCOUNTS), ("r2", ADD_NICK), ("r3", INDEX)]
+    ini = make_project([]).add_modules(chained(revisions)).ini
     code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "r1"])
     assert code == 0 and doc["allowed"] is True
     r3 = doc["pending"][1]

@@ -8,27 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import MakeProject, Server, chained, libpq
+from support import ADD_NICK, CREATE_ACCOUNTS, INDEX_EMAIL, MakeProject, Server, chained, libpq
 
 from runner.main import main
 
-CREATE = '''
-def upgrade():
-    op.create_table("accounts", sa.Column("id", sa.BigInteger, primary_key=True),
-                    sa.Column("email", sa.Text, nullable=False))
-
-
-def downgrade():
-    op.drop_table("accounts")
-'''
-ADD = '''
-def upgrade():
-    op.add_column("accounts", sa.Column("nick", sa.Text, nullable=True))
-
-
-def downgrade():
-    op.drop_column("accounts", "nick")
-'''
 BROKEN_DOWN = '''
 def upgrade():
     op.create_table("notes", sa.Column("id", sa.BigInteger, primary_key=True))
@@ -36,14 +19,6 @@ def upgrade():
 
 def downgrade():
     op.drop_table("no_such_table")
-'''
-INDEX = '''
-def upgrade():
-    op.create_index("ix_accounts_email", "accounts", ["email"])
-
-
-def downgrade():
-    op.drop_index("ix_accounts_email", table_name="accounts")
 '''
 
 
@@ -59,7 +34,8 @@ def _databases(server: Server) -> list[str]:
 def test_verify_healthy_history_on_embedded(tmp_path: Path, make_project: MakeProject,
                                             logs: list[dict[str, Any]],
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    ini = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD), ("r3", INDEX)])).ini
+    revisions = [("r1", CREATE_ACCOUNTS), ("r2", ADD_NICK), ("r3", INDEX_EMAIL)]
+    ini = make_project([]).add_modules(chained(revisions)).ini
     schema_dir, heads = tmp_path / "schemas", tmp_path / "heads.sql"
     code = main(["verify", "-c", str(ini), "--schema-dir", str(schema_dir),
                  "--write-schema", str(heads)], configure_logging=False)
@@ -79,7 +55,7 @@ def test_verify_healthy_history_on_embedded(tmp_path: Path, make_project: MakePr
 def test_verify_reports_the_failing_downgrade_and_goes_on(
         make_project: MakeProject, server: Server, logs: list[dict[str, Any]],
         capsys: pytest.CaptureFixture[str]) -> None:
-    history = chained([("r1", CREATE), ("r2", BROKEN_DOWN), ("r3", ADD)])
+    history = chained([("r1", CREATE_ACCOUNTS), ("r2", BROKEN_DOWN), ("r3", ADD_NICK)])
     ini = make_project([]).add_modules(history).ini
     before = set(_databases(server))
     code = main(["verify", "-c", str(ini), "--database-url",
@@ -143,7 +119,7 @@ def test_verify_refuses_an_env_py_that_would_connect_elsewhere(
         make_project: MakeProject, server: Server, db: Any, sql: Any,
         monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]) -> None:
     rows = _live_database(db, sql)
-    project = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD)]))
+    project = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", ADD_NICK)]))
     (project.root / "env.py").write_text(ENV_FROM_VARIABLE.format(variable="LIVE_DB_URL"))
     monkeypatch.setenv("LIVE_DB_URL", db.render_as_string(hide_password=False))
     code = main(["verify", "-c", str(project.ini), "--database-url",
@@ -160,7 +136,7 @@ def test_verify_points_an_env_py_reading_database_url_at_the_scratch_database(
     """For verify, DATABASE_URL names the server for the scratch database; an env.py that
     reads it must not migrate the database it names."""
     rows = _live_database(db, sql)
-    project = make_project([]).add_modules(chained([("r1", CREATE), ("r2", ADD)]))
+    project = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", ADD_NICK)]))
     (project.root / "env.py").write_text(ENV_FROM_VARIABLE.format(variable="DATABASE_URL"))
     url = db.render_as_string(hide_password=False)
     monkeypatch.setenv("DATABASE_URL", url)
