@@ -100,8 +100,8 @@ def revisions_sql(project: Project, history: History, revisions: list[str],
         # Branches or a merge the range did not cover: take everything from base.
         raw = offline_sql(project, "base:heads")
         parts = split_by_revision(raw)
-    table = version_table_of(raw)
-    return {rev: _revision_sql(rev, parts[rev], table) for rev in revisions if rev in parts}
+    bookkeeping = _bookkeeping(version_table_of(raw))
+    return {rev: _revision_sql(rev, parts[rev], bookkeeping) for rev in revisions if rev in parts}
 
 
 def _start_of(script: Script) -> str:
@@ -121,12 +121,16 @@ def version_table_of(sql: str) -> str:
     return match.group(1) if match else _DEFAULT_VERSION_TABLE
 
 
-def _revision_sql(revision: str, block: str, version_table: str) -> RevisionSQL:
-    statements = unwrap(split_sql(block))
-    body = "\n\n".join(statements)
-    bookkeeping = re.compile(
+def _bookkeeping(version_table: str) -> re.Pattern[str]:
+    """Alembic's own statements on the version table: not the revision's, nothing to lint."""
+    return re.compile(
         r"^(?:CREATE TABLE|INSERT INTO|UPDATE|DELETE FROM)\s+(?:\"?[\w$]+\"?\.)?\"?"
         + re.escape(version_table) + r"\"?[\s(]", re.I)
+
+
+def _revision_sql(revision: str, block: str, bookkeeping: re.Pattern[str]) -> RevisionSQL:
+    statements = unwrap(split_sql(block))
+    body = "\n\n".join(statements)
     kept = [s for s in statements if not bookkeeping.match(_code(s))]
     return RevisionSQL(revision=revision, body=body, lint_sql="\n\n".join(_drop_empty_reopen(kept)))
 
