@@ -40,7 +40,7 @@ from runner.db import catalog
 from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
-from runner.db.probe import check_database
+from runner.db.probe import ProbeResult, check_database, where_env_py_connects
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -54,7 +54,7 @@ from runner.planning.history import History, check_database_revisions, revision_
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, fresh_attributes
 from runner.settings import Settings
-from runner.urls import mask, mask_text, parse_url
+from runner.urls import mask, mask_text
 
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 # The session died under the migration: admin shutdown/terminate, crash, connection failure.
@@ -279,15 +279,14 @@ class Migrator:
         exec_(f"SET statement_timeout = '{to_postgres_ms(self.settings.statement_timeout)}'")
         exec_("SET application_name = 'safe-migrate-migration'")
         self._pid = int(exec_("SELECT pg_backend_pid()").scalar_one())
-        schema = opts.get("version_table_schema") or exec_("SELECT current_schema()").scalar()
+        target = where_env_py_connects(connection, opts)
         connection.commit()
         event.listen(connection, "before_cursor_execute", self._refuse_when_interrupted)
         if self.db is None:
-            self._open_side(connection, opts.get("version_table") or "alembic_version",
-                            str(schema or "public"))
+            self._open_side(target)
 
-    def _open_side(self, connection: Connection, table: str, schema: str) -> None:
-        url = parse_url(connection.engine.url.render_as_string(hide_password=False))
+    def _open_side(self, target: ProbeResult) -> None:
+        url, table, schema = target.url, target.version_table, target.version_schema
         check_database(url, self.settings.database_url)  # before the lock, before anything
         self.side = connect(url, timeout=self.settings.connect_timeout,
                             application_name="safe-migrate-monitor")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.runtime.environment import EnvironmentContext
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 
 from runner.db.connect import env_py_failure
 from runner.errors import UsageError
@@ -29,6 +29,15 @@ class ProbeResult:
     heads: tuple[str, ...] = ()  # what the version table holds, read by alembic itself
 
 
+def where_env_py_connects(connection: Connection, opts: dict[str, Any]) -> ProbeResult:
+    """The database and version table that env.py's configure(connection=..., **opts) names."""
+    schema = opts.get("version_table_schema") or connection.exec_driver_sql(
+        "SELECT current_schema()").scalar()
+    return ProbeResult(url=parse_url(connection.engine.url.render_as_string(hide_password=False)),
+                       version_table=opts.get("version_table") or "alembic_version",
+                       version_schema=str(schema or "public"))
+
+
 def check_database(url: URL, asked: URL | None) -> None:
     """UsageError (exit 2) when env.py connects to another database than --database-url /
     DATABASE_URL names: an env.py that ignores sqlalchemy.url must never get a command's
@@ -42,23 +51,18 @@ def check_database(url: URL, asked: URL | None) -> None:
 def probe(project: Project, expect: URL | None = None) -> ProbeResult:
     """What env.py connects to; with `expect` (the URL the user gave), refused when not that."""
     found: list[ProbeResult] = []
+    heads_read: list[tuple[str, ...]] = []  # one per run_migrations(), in env.py's order
 
     def configure(original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         connection = kwargs.get("connection")
         if connection is not None and not found:
-            schema = kwargs.get("version_table_schema") or connection.exec_driver_sql(
-                "SELECT current_schema()").scalar()
-            found.append(ProbeResult(
-                url=parse_url(connection.engine.url.render_as_string(hide_password=False)),
-                version_table=kwargs.get("version_table") or "alembic_version",
-                version_schema=str(schema or "public")))
+            found.append(where_env_py_connects(connection, kwargs))
         quiet_alembic()
         original(*args, **kwargs)
 
     def no_steps(heads: tuple[str, ...], _context: Any) -> list[Any]:
         # alembic read the version table for us, as `alembic current` does (no table: ()).
-        if found and not found[0].heads:
-            found[0].heads = tuple(heads)
+        heads_read.append(tuple(heads))
         return []
 
     env = EnvironmentContext(project.config, project.script, fn=no_steps, dont_mutate=True)
@@ -71,5 +75,6 @@ def probe(project: Project, expect: URL | None = None) -> ProbeResult:
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
     check_database(found[0].url, expect)
+    found[0].heads = heads_read[0] if heads_read else ()
     return found[0]
 

@@ -109,6 +109,35 @@ def test_plan_reads_the_version_table_env_py_names(make_project: MakeProject, db
     assert [p["revision"] for p in doc["pending"]] == ["r2", "r3"]
 
 
+# env.py for two version tables in one database, as alembic's multidb template runs two
+# engines: the first run_migrations() is the one safe-migrate reads.
+TWO_VERSION_TABLES = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+engine = engine_from_config(context.config.get_section(context.config.config_ini_section),
+                            prefix="sqlalchemy.", poolclass=pool.NullPool)
+for table in ("first_version", "second_version"):
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=None, version_table=table)
+        with context.begin_transaction():
+            context.run_migrations()
+'''
+
+
+def test_plan_reads_the_first_version_table_env_py_runs(
+        make_project: MakeProject, db: URL, sql: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    project = make_project([]).add_modules(LINEAR)
+    (project.root / "env.py").write_text(TWO_VERSION_TABLES)
+    sql("CREATE TABLE second_version (version_num varchar(32) PRIMARY KEY)")
+    sql("INSERT INTO second_version VALUES ('r1')")  # the first table does not exist yet
+    url = db.render_as_string(hide_password=False)
+    code, doc = _plan_json(capsys, ["-c", str(project.ini), "--database-url", url])
+    assert code == 0 and doc["current"] == []
+    assert [p["revision"] for p in doc["pending"]] == ["r1", "r2", "r3"]
+
+
 def test_plan_unknown_database_revision_is_refused(make_project: MakeProject, db: URL,
                                                    sql: Callable[..., Any],
                                                    logs: list[dict[str, Any]],
