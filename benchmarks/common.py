@@ -97,16 +97,21 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def paired_ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Median of the per-round ratios x/y. Each round runs every variant back to back, so a
-    slow phase of the machine (seen here: whole runs 25 % slower for a while) hits both sides
-    of a ratio alike, where a ratio of two medians would mix phases."""
-    return median([x / y for x, y in zip(xs, ys, strict=True)])
+@dataclass(frozen=True)
+class Rounds:
+    """Times per variant, one entry per round: every round runs each variant once, back to
+    back, so a slow phase of the machine (seen here: whole runs 25 % slower for a while) hits
+    both sides of a ratio alike, where a ratio of two medians would mix phases."""
 
+    times: dict[str, list[float]]
 
-def paired_delta(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Median of the per-round differences x - y (see paired_ratio)."""
-    return median([x - y for x, y in zip(xs, ys, strict=True)])
+    def ratio(self, a: str, b: str) -> float:
+        """Median of the per-round ratios a/b."""
+        return median([x / y for x, y in zip(self.times[a], self.times[b], strict=True)])
+
+    def delta(self, a: str, b: str) -> float:
+        """Median of the per-round differences a - b."""
+        return median([x - y for x, y in zip(self.times[a], self.times[b], strict=True)])
 
 
 def fmt_s(seconds: float) -> str:

@@ -22,6 +22,7 @@ from benchmarks.common import (
     PER_MIGRATION_ENV,
     Config,
     Figure,
+    Rounds,
     Server,
     Step,
     clean_env,
@@ -30,8 +31,6 @@ from benchmarks.common import (
     fmt_s,
     make_project,
     median,
-    paired_delta,
-    paired_ratio,
     run_timed,
     safe_migrate_argv,
     tool,
@@ -121,11 +120,8 @@ def run(server: Server, config: Config) -> list[Figure]:
         "alembic", "alembic_per_migration", "diff_off", "diff_on"))
     snap, dump = median(snap_times), median(dump_times)
 
-    def ratio(a: str, b: str) -> float:
-        return paired_ratio(times[a], times[b])
-
-    def delta(a: str, b: str) -> float:
-        return paired_delta(times[a], times[b])
+    rounds = Rounds(times)
+    ratio, delta = rounds.ratio, rounds.delta
 
     def per_rev(seconds: float) -> str:
         return f"{seconds / n * 1000:.1f} ms/rev"

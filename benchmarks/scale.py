@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from benchmarks.common import (
     Config,
     Figure,
+    Rounds,
     Server,
     Step,
     available_commands,
@@ -37,8 +38,6 @@ from benchmarks.common import (
     make_project,
     median,
     note,
-    paired_delta,
-    paired_ratio,
     run_timed,
     safe_migrate_argv,
     stamp,
@@ -129,11 +128,8 @@ def history(server: Server, config: Config) -> list[Figure]:
 
     med = {name: median(values) for name, values in times.items()}
 
-    def ratio(a: str, b: str) -> float:
-        return paired_ratio(times[a], times[b])
-
-    def delta(a: str, b: str) -> float:
-        return paired_delta(times[a], times[b])
+    rounds = Rounds(times)
+    ratio, delta = rounds.ratio, rounds.delta
 
     P_OFF, P_FULL = "safe-migrate plan --from base --lint off", "safe-migrate plan --from base"
     SQL = "alembic upgrade --sql base:head"
