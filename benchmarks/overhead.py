@@ -158,8 +158,9 @@ def run(server: Server, config: Config) -> list[Figure]:
                f"({fmt_delta(delta('diff_off', 'alembic_per_migration'))} = "
                f"{delta('diff_off', 'alembic_per_migration') / n * 1000:+.2f} ms/rev)", limited_by=(
                    "fixed: structlog/tenacity and the runner's imports, side + lock "
-                   "connections, run.json; per revision: pg_current_xact_id() (one round trip), "
-                   "2 JSON log events, the progress journal, monitor watch"),
+                   "connections, run.json; per revision: 2 JSON log events, the progress journal, "
+                   "the source scan, the lock check and monitor watch (the step's "
+                   "pg_current_xact_id() rides on its BEGIN: no round trip of its own)"),
                data={"ratio": ratio("diff_off", "alembic_per_migration")}),
         Figure(BENCH, f"safe-migrate upgrade {flags} (schema diff on) vs bare alembic".strip(),
                f"{ratio('diff_on', 'alembic'):.2f}x ({fmt_s(on)}; "

@@ -16,6 +16,7 @@ from typing import Any
 
 from runner import __version__
 from runner import logging as runner_logging
+from runner.artifacts import write_termination_log
 from runner.errors import ExitCode, SafeMigrateError, UsageError
 from runner.settings import Settings, add_common_options, from_args
 from runner.urls import mask_text
@@ -105,6 +106,11 @@ def _report(exc: BaseException | None, code: ExitCode, debug: bool, settings: Se
         print(json.dumps(record), file=sys.stderr)
     else:
         print(f"safe-migrate: error: {text} (exit {int(code)})", file=sys.stderr)
+    if settings is not None:
+        # The job writes its own summary; this is for what failed before it ran (a bad
+        # history, an env.py that cannot connect...), which Kubernetes would show as nothing.
+        write_termination_log(settings.termination_log,
+                              f"safe-migrate {settings.command} failed: exit {int(code)}; {text}")
     if debug and exc is not None:
         traceback.print_exception(exc)
     return int(code)

@@ -7,6 +7,7 @@ import os
 import platform
 import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from runner.logging import get_logger
 from runner.planning.history import History, check_target, load_history, pending
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
-from runner.schema import snapshot
 from runner.settings import Settings, add_lint_argument
 from runner.urls import mask, mask_text
 
@@ -56,16 +56,21 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     config_hint = str(settings.config_file)
     log.info("run.start", command="upgrade", target=settings.target, version=__version__,
              config=config_hint, artifacts_dir=str(settings.artifacts_dir))
+    finding: Future[Path] | None = None
+    if settings.schema_diff:
+        # Only with the diff: compiling the dump normalizer's patterns costs ~8 ms at import.
+        from runner.schema import snapshot
+
+        finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
     try:
         history = load_history(project.script, config_hint=config_hint)
         expected = check_target(history, settings.target, config_hint=config_hint)
     except PreflightError as exc:
         log.error("preflight.failed", reason=exc.message)
         raise
-    pg_dump = snapshot.find_pg_dump(settings.pg_dump) if settings.schema_diff else None
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
         _lint(args.lint, settings, project, history, log)
-        job = UpgradeJob(settings, project, artifacts, log, pg_dump, interrupted, args)
+        job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
@@ -106,13 +111,14 @@ class UpgradeJob:
     migrator: Migrator
 
     def __init__(self, settings: Settings, project: Project, artifacts: Artifacts, log: Any,
-                 pg_dump: Path | None, interrupted: threading.Event,
+                 finding: Future[Path] | None, interrupted: threading.Event,
                  args: argparse.Namespace) -> None:
         self.settings = settings
         self.project = project
         self.artifacts = artifacts
         self.log = log
-        self.pg_dump = pg_dump
+        self.finding = finding  # the pg_dump to snapshot with, None with --no-schema-diff
+        self.pg_dump: Path | None = None
         self.interrupted = interrupted
         self.started = datetime.now(UTC)
         self.before: str | None = None
@@ -131,8 +137,12 @@ class UpgradeJob:
 
     # -- Hooks for the Migrator --------------------------------------------------------------
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
-        if self.pg_dump is not None:
-            # Before anything changes: a too-old pg_dump is a configuration error (exit 2).
+        if self.finding is not None:
+            from runner.schema import snapshot
+
+            # Before anything changes: no pg_dump, or one older than the server, is a
+            # configuration error (exit 2).
+            self.pg_dump = self.finding.result()
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
@@ -210,6 +220,8 @@ class UpgradeJob:
             if self.before is not None or self.pre_step:
                 after = self._snapshot("schema-after.sql", "after")
                 if after is not None and self.before is not None:
+                    from runner.schema import snapshot
+
                     self.artifacts.write_text("schema.diff", snapshot.diff(self.before, after))
             if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
                 self._write_plan(error, expected, after)
@@ -233,6 +245,8 @@ class UpgradeJob:
     def _snapshot(self, name: str, label: str) -> str | None:
         if self.pg_dump is None or self.db is None:
             return None
+        from runner.schema import snapshot
+
         exclude = [(self.db.version_schema, self.db.version_table)]
         snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude,
                                       lock_wait_timeout=max(self.settings.lock_timeout, 5.0))

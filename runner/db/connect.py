@@ -7,13 +7,6 @@ from typing import Any
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy.engine import URL
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
 from runner.urls import libpq_kwargs, mask, mask_text
@@ -58,6 +51,16 @@ def connect(url: URL, *, timeout: float, autocommit: bool = True,
     Unreachable host or failed authentication after the retries: exit 7.
     A database that does not exist: exit 2 at once.
     """
+    # Here, not at the top: plan and verify's probe import this module but never connect
+    # through it, and tenacity costs ~6 ms of their start-up.
+    from tenacity import (
+        RetryError,
+        Retrying,
+        retry_if_exception,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
     kwargs: dict[str, Any] = dict(libpq_kwargs(url))
     kwargs.setdefault("connect_timeout", max(2, min(10, int(timeout) or 2)))
     kwargs["application_name"] = application_name

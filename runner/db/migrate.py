@@ -41,6 +41,7 @@ from runner.db.connect import classify_connect_error, connect, env_py_failure, f
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
 from runner.db.probe import ProbeResult, check_database, where_env_py_connects
+from runner.db.xact import begin_step
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -353,14 +354,9 @@ class Migrator:
             rec.outcome = "running"
             self.hooks.before_step(rec)
             assert context.connection is not None and self.monitor is not None
-            # Inside the step's transaction: its id tells us later whether anything of the
-            # step committed before a failure (autocommit_block, a raw COMMIT...). Straight on
-            # psycopg: SQLAlchemy's execute path would add ~70 us to every step.
-            raw = context.connection.connection.driver_connection
-            assert isinstance(raw, psycopg.Connection)
-            row = raw.execute("SELECT pg_current_xact_id()::text").fetchone()
-            assert row is not None
-            xid = str(row[0])
+            # The step's transaction id tells later whether anything of the step committed
+            # before a failure (autocommit_block, a raw COMMIT...).
+            xid = begin_step(context.connection)
             rec.started_at = time.monotonic()
             self.log.info("migration.start", revision=rec.revision,
                           down_revision=rec.down_revision, attempt=rec.attempts,

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,13 +57,34 @@ def find_pg_dump(explicit: str | Path | None = None) -> Path:
     wins because pg_dump must be at least as new as the server.
     """
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise UsageError(
-                f"pg_dump not found at {explicit}: pass --pg-dump an executable pg_dump")
-        return path
+        return _explicit(explicit)
+    return _newest(list(_candidates()))
+
+
+def start_find_pg_dump(explicit: str | Path | None = None) -> Future[Path]:
+    """find_pg_dump, with the `pg_dump --version` processes waited for in the background
+    (Debian's pg_wrapper is a Perl script: ~40 ms) while the caller goes on. The candidates
+    are listed here, in the caller's thread: importing the embedded package touches the
+    process-wide warnings filters, which a second thread must not do at the same time."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="find-pg-dump")
+    try:
+        if explicit is not None:
+            return pool.submit(_explicit, explicit)
+        return pool.submit(_newest, list(_candidates()))
+    finally:
+        pool.shutdown(wait=False)  # the lookup still runs to its end
+
+
+def _explicit(explicit: str | Path) -> Path:
+    path = Path(explicit).expanduser()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise UsageError(f"pg_dump not found at {explicit}: pass --pg-dump an executable pg_dump")
+    return path
+
+
+def _newest(candidates: list[Path]) -> Path:
     best: tuple[int, Path] | None = None
-    for candidate in _candidates():
+    for candidate in candidates:
         try:
             major = pg_dump_major(candidate)
         except UsageError:

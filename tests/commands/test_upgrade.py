@@ -268,6 +268,18 @@ def test_termination_log_gets_a_summary(make_project, db, tmp_path):
     assert log.read_text().startswith("safe-migrate success: exit 0, 1 applied")
 
 
+def test_termination_log_names_a_failure_before_the_run(make_project, db, tmp_path):
+    from runner.main import main
+
+    project = make_project(FIVE[:1])
+    log = tmp_path / "termination-log"
+    code = main([*cli_args(project, db, "--no-schema-diff", artifacts=tmp_path / "a"),
+                 "--termination-log", str(log), "nosuchrev"], configure_logging=False)
+    assert code == 3
+    line = log.read_text()
+    assert line.startswith("safe-migrate upgrade failed: exit 3; ") and "nosuchrev" in line
+
+
 OPTUNA_ALEMBIC = Path(__import__("optuna").__file__).parent / "storages" / "_rdb"
 
 

@@ -33,6 +33,7 @@ from runner.schema.snapshot import (
     normalize,
     pg_dump_major,
     split_statements,
+    start_find_pg_dump,
     table_pattern,
     take_snapshot,
 )
@@ -385,6 +386,21 @@ def test_find_pg_dump_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         find_pg_dump(None)
     assert info.value.message == (
         "pg_dump not found: install the PostgreSQL client, or pass --pg-dump PATH")
+
+
+def test_start_find_pg_dump_answers_as_find_pg_dump(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded = _fake_pg_dump(tmp_path / "embedded", "pg_dump (PostgreSQL) 18.6")
+    monkeypatch.setattr(runner.embedded, "bin_dir", lambda: embedded.parent)
+    new = _fake_pg_dump(tmp_path / "new", "pg_dump (PostgreSQL) 19.0")
+    monkeypatch.setenv("PATH", str(new.parent))
+    assert start_find_pg_dump(None).result() == new
+    # Candidates are listed when it starts, not when the answer is read.
+    finding = start_find_pg_dump(None)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert finding.result() == new
+    with pytest.raises(UsageError, match="pg_dump not found at /nonexistent/pg_dump"):
+        start_find_pg_dump("/nonexistent/pg_dump").result()
 
 
 def test_check_pg_dump(tmp_path: Path) -> None:

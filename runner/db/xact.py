@@ -1,0 +1,44 @@
+"""Start a migration step's transaction and learn its id, in one round trip.
+
+The id is what tells, after a failure, whether part of the step committed (autocommit_block,
+a raw COMMIT): see Migrator._committed. Asked on its own, it costs a round trip per migration
+on top of the BEGIN psycopg sends before the step's first statement; sent together with that
+BEGIN (the simple query protocol takes both in one message), it costs nothing more.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.pq import ExecStatus, TransactionStatus
+from sqlalchemy.engine import Connection
+
+XID_QUERY = "SELECT pg_current_xact_id()::text"
+
+
+def begin_step(connection: Connection) -> str:
+    """Begin the DBAPI transaction the step runs in; return its transaction id."""
+    raw = connection.connection.driver_connection
+    if (isinstance(raw, psycopg.Connection) and not raw.autocommit
+            and raw.info.transaction_status == TransactionStatus.IDLE):
+        result = raw.pgconn.exec_(begin_command(raw) + b"; " + XID_QUERY.encode())
+        value = result.get_value(0, 0) if result.status == ExecStatus.TUPLES_OK else None
+        if value is not None:
+            return value.decode()
+        if raw.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            raw.pgconn.exec_(b"ROLLBACK")  # BEGIN went through, the query did not
+    # Any other driver or state, or the fast path failed: the ordinary path, which also
+    # raises the error SQLAlchemy would (a dead connection is an OperationalError).
+    return str(connection.exec_driver_sql(XID_QUERY).scalar_one())
+
+
+def begin_command(raw: psycopg.Connection[object]) -> bytes:
+    """The BEGIN psycopg itself would send, from the connection's public settings (SQLAlchemy
+    sets isolation_level on them for an engine's isolation_level=)."""
+    parts = [b"BEGIN"]
+    if raw.isolation_level is not None:
+        parts.append(b"ISOLATION LEVEL " + raw.isolation_level.name.replace("_", " ").encode())
+    if raw.read_only is not None:
+        parts.append(b"READ ONLY" if raw.read_only else b"READ WRITE")
+    if raw.deferrable is not None:
+        parts.append(b"DEFERRABLE" if raw.deferrable else b"NOT DEFERRABLE")
+    return b" ".join(parts)
