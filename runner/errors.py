@@ -46,6 +46,10 @@ class UsageError(SafeMigrateError):
     exit_code = ExitCode.USAGE
 
 
+class LintUnavailableError(UsageError):
+    """squawk is missing or broken: only `--lint error` insists on it; warn mode goes on."""
+
+
 class PreflightError(SafeMigrateError):
     """The history or the database state forbids starting (multiple heads, unknown revision...)."""
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from alembic.script import Script
 
-from runner.errors import PreflightError, UsageError
+from runner.errors import LintUnavailableError, PreflightError
 from runner.planning.history import History, revision_source
 from runner.planning.offline import RUNNING, offline_sql, split_by_revision
 from runner.project import Project
@@ -204,7 +204,7 @@ def find_squawk() -> Path:
     beside = Path(sys.executable).parent / "squawk"
     if beside.is_file():
         return beside
-    raise UsageError(_INSTALL_HINT)
+    raise LintUnavailableError(_INSTALL_HINT)
 
 
 def ignored_rules(source: str) -> set[str]:
@@ -233,12 +233,12 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
             result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                                     check=False, cwd=tmp)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UsageError(f"cannot run squawk at {squawk}: {exc}") from None
+            raise LintUnavailableError(f"cannot run squawk at {squawk}: {exc}") from None
     try:
         reports = json.loads(result.stdout or "[]")
     except json.JSONDecodeError:
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise UsageError(f"squawk failed (exit {result.returncode}): "
+        raise LintUnavailableError(f"squawk failed (exit {result.returncode}): "
                          f"{detail[0] if detail else 'no output'}") from None
     order = {name: i for i, name in enumerate(files)}
     found: list[tuple[int, Finding]] = []

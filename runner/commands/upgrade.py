@@ -22,6 +22,7 @@ from runner.db.migrate import Database, MigrationRecord, Migrator
 from runner.db.probe import probe
 from runner.errors import (
     ExitCode,
+    LintUnavailableError,
     PartialApplyError,
     PreflightError,
     SafeMigrateError,
@@ -90,13 +91,13 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
         if not revisions:
             return
         findings = lint.lint_pending(project, history, revisions)
-    except UsageError as exc:  # squawk missing: only --lint error insists on it
+    except LintUnavailableError as exc:  # squawk missing: only --lint error insists on it
         if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
         return
     except SafeMigrateError:
-        raise  # unreachable database, broken env.py: the run would fail the same way
+        raise  # unreachable database, broken env.py, the wrong database: the run would stop too
     except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
         log.warning("lint.unavailable", error=first_line(str(exc)))
         return

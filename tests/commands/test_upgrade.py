@@ -388,7 +388,7 @@ with create_engine(url, poolclass=pool.NullPool).connect() as connection:
 
 @pytest.mark.parametrize("command", ["upgrade", "status", "plan"])
 def test_an_env_py_connecting_elsewhere_than_the_url_given_is_refused(
-        command, make_project, db, sql, server, monkeypatch, run_cli, tmp_path, capsys):
+        command, make_project, db, sql, server, monkeypatch, run_cli, tmp_path, capsys, logs):
     """env.py ignores sqlalchemy.url: the database it would migrate is not the one named."""
     other = server.create_database()
     try:
@@ -399,8 +399,27 @@ def test_an_env_py_connecting_elsewhere_than_the_url_given_is_refused(
         err = capsys.readouterr().err
         assert code == 2, err
         assert "env.py connects to" in err and other.database in err
+        # upgrade's lint probes env.py first: its refusal is the run's, not "lint unavailable"
+        assert not events_named(logs, "lint.unavailable")
         assert version_of(sql) == []
         with psycopg.connect(**libpq_kwargs(other), autocommit=True) as conn:
             assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
     finally:
         server.drop_database(other)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("warn", 0), ("error", 2)])
+def test_without_squawk_only_lint_error_refuses(mode, expected, make_project, db, sql,
+                                                run_cli, tmp_path, monkeypatch, logs):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-bin" / "python"))
+    project = make_project(FIVE[:2])
+    code = run_cli(cli_args(project, db, "--lint", mode, "--no-schema-diff",
+                            artifacts=tmp_path / "a"))
+    assert code == expected
+    unavailable = events_named(logs, "lint.unavailable")
+    if mode == "warn":
+        assert len(unavailable) == 1 and "squawk not found" in unavailable[0]["error"]
+        assert version_of(sql) == [FIVE[1][0]]
+    else:
+        assert not unavailable and version_of(sql) == []
