@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Connection
 
 from runner.artifacts import find_run_dirs, load_run
 from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import version_table_key
-from runner.db.probe import probe
+from runner.db.probe import ProbeResult, probe
 from runner.logging import get_logger
 from runner.planning.history import load_history, unknown_revisions
 from runner.planning.history import pending as _pending
@@ -23,17 +27,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["text", "json"], default="text")
 
 
+@dataclass
+class Reading:
+    """What status reads in the database, beside what alembic read for the probe."""
+
+    heads: tuple[str, ...] | None  # None: no version table
+    lock_holders: list[dict[str, Any]]
+    invalid_objects: list[dict[str, str]]
+
+
+def read(conn: psycopg.Connection[Any], found: ProbeResult) -> Reading:
+    schema, table = found.version_schema, found.version_table
+    key = version_table_key(conn, schema, table)
+    return Reading(heads=catalog.version_heads(conn, schema, table),
+                   lock_holders=[h.to_dict() for h in catalog.advisory_lock_holders(conn, key)],
+                   invalid_objects=catalog.invalid_indexes(conn)
+                   + catalog.not_valid_constraints(conn))
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     project = load_project(settings)
     history = load_history(project.script, config_hint=str(settings.config_file))
-    found = probe(project, settings.database_url)
-    conn = connect(found.url, timeout=settings.connect_timeout,
-                   application_name="safe-migrate-status")
-    with conn:
-        heads = catalog.version_heads(conn, found.version_schema, found.version_table)
-        key = version_table_key(conn, found.version_schema, found.version_table)
-        holders = [h.to_dict() for h in catalog.advisory_lock_holders(conn, key)]
-        leftovers = catalog.invalid_indexes(conn) + catalog.not_valid_constraints(conn)
+    readings: list[Reading] = []
+
+    def on_env_py_connection(connection: Connection, found: ProbeResult) -> None:
+        raw = connection.connection.driver_connection
+        if isinstance(raw, psycopg.Connection):  # read-only, inside env.py's transaction
+            readings.append(read(raw, found))
+
+    found = probe(project, settings.database_url, read=on_env_py_connection)
+    if not readings:  # env.py's driver is not psycopg 3: a connection of our own
+        with connect(found.url, timeout=settings.connect_timeout,
+                     application_name="safe-migrate-status") as conn:
+            readings.append(read(conn, found))
+    reading = readings[0]
+    heads, holders, leftovers = reading.heads, reading.lock_holders, reading.invalid_objects
     current = list(heads or ())
     unknown = unknown_revisions(history, tuple(current))
     pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, Connection
 
 from runner.db.connect import env_py_failure
@@ -48,21 +49,34 @@ def check_database(url: URL, asked: URL | None) -> None:
                          "take its URL from sqlalchemy.url")
 
 
-def probe(project: Project, expect: URL | None = None) -> ProbeResult:
-    """What env.py connects to; with `expect` (the URL the user gave), refused when not that."""
+def probe(project: Project, expect: URL | None = None, *,
+          read: Callable[[Connection, ProbeResult], None] | None = None) -> ProbeResult:
+    """What env.py connects to; with `expect` (the URL the user gave), refused when not that.
+
+    `read`, when given, runs on env.py's own connection once the database is known to be the
+    one asked for (status reads the catalog there rather than opening a connection of its
+    own); what it raises comes out as itself, not as an env.py failure.
+    """
     found: list[ProbeResult] = []
     heads_read: list[tuple[str, ...]] = []  # one per run_migrations(), in env.py's order
+    read_failed: list[Exception] = []
 
     def configure(original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         connection = kwargs.get("connection")
         if connection is not None and not found:
             found.append(where_env_py_connects(connection, kwargs))
+            check_database(found[0].url, expect)  # before alembic reads anything there
         quiet_alembic()
         original(*args, **kwargs)
 
-    def no_steps(heads: tuple[str, ...], _context: Any) -> list[Any]:
+    def no_steps(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         # alembic read the version table for us, as `alembic current` does (no table: ()).
         heads_read.append(tuple(heads))
+        if read is not None and len(heads_read) == 1 and found and context.connection:
+            try:
+                read(context.connection, found[0])
+            except Exception as exc:  # noqa: BLE001 - re-raised below, past env.py's handling
+                read_failed.append(exc)
         return []
 
     env = EnvironmentContext(project.config, project.script, fn=no_steps, dont_mutate=True)
@@ -72,9 +86,10 @@ def probe(project: Project, expect: URL | None = None) -> ProbeResult:
             project.script.run_env()
     except Exception as exc:  # noqa: BLE001 - env.py is the user's code
         raise env_py_failure(exc) from None
+    if read_failed:
+        raise read_failed[0]
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
-    check_database(found[0].url, expect)
     found[0].heads = heads_read[0] if heads_read else ()
     return found[0]
 
