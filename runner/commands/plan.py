@@ -18,7 +18,7 @@ from alembic.util.exc import CommandError
 from runner import lint
 from runner.db.connect import first_line
 from runner.db.probe import probe
-from runner.errors import PreflightError, SafeMigrateError, UsageError
+from runner.errors import LintUnavailableError, PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
 from runner.planning.history import (
@@ -83,7 +83,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             history, current, steps = _preflight(settings, args, project, hint, doc, log)
         planned = _describe(project, history, current, steps, log)
         if args.lint != "off":
-            _lint(planned)
+            _lint(planned, args.lint, doc, log)
     except PreflightError as exc:
         doc["preflight"] = {"ok": False, "error": exc.message}
         log.error("preflight.failed", reason=exc.message)
@@ -172,10 +172,18 @@ def _describe(project: Project, history: History, current: tuple[str, ...],
     return planned
 
 
-def _lint(planned: list[PlannedRevision]) -> None:
+def _lint(planned: list[PlannedRevision], mode: str, doc: dict[str, Any], log: Any) -> None:
     items = [(p.script, p.sql.lint_sql) for p in planned if p.sql is not None]
+    try:
+        findings = lint.lint_sql(items)
+    except LintUnavailableError as exc:  # as upgrade: only --lint error insists on squawk
+        if mode == "error":
+            raise
+        log.warning("lint.unavailable", error=exc.message)
+        doc["lint"]["unavailable"] = exc.message
+        return
     by_rev: dict[str, list[lint.Finding]] = {}
-    for finding in lint.lint_sql(items):
+    for finding in findings:
         by_rev.setdefault(finding.revision, []).append(finding)
     for p in planned:
         p.findings = by_rev.get(p.script.revision, [])
@@ -213,7 +221,9 @@ def render_text(doc: dict[str, Any]) -> str:
             lines.append(f"   lint {f['level']}: {f['rule']} (sql line {f['line']}): "
                          f"{f['message']}" + (f" Hint: {f['help']}" if f["help"] else ""))
     lint_info = doc["lint"]
-    if lint_info["mode"] != "off":
+    if lint_info.get("unavailable"):
+        lines += ["", f"lint ({lint_info['mode']}): not run: {lint_info['unavailable']}"]
+    elif lint_info["mode"] != "off":
         lines += ["", f"lint ({lint_info['mode']}): {lint_info['findings']} finding(s)"]
     lines.append("upgrade would start" if doc["allowed"] else "upgrade would be REFUSED")
     return "\n".join(lines) + "\n"

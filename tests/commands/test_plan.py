@@ -193,6 +193,29 @@ def test_plan_lint_modes(make_project: MakeProject, logs: list[dict[str, Any]],
     assert code == 0 and doc["lint"]["findings"] == 0
 
 
+@pytest.mark.parametrize(("mode", "expected"), [("warn", 0), ("error", 2)])
+def test_plan_without_squawk_answers_as_upgrade_would(
+        mode: str, expected: int, make_project: MakeProject, logs: list[dict[str, Any]],
+        capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan exits 0 when upgrade would start: upgrade only warns without squawk in warn mode."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-bin" / "python"))
+    ini = make_project([]).add_modules(LINEAR).ini
+    code = main(["plan", "--format", "json", "-c", str(ini), "--from", "base", "--lint", mode],
+                configure_logging=False)
+    out = capsys.readouterr().out
+    assert code == expected
+    unavailable = [e for e in logs if e["event"] == "lint.unavailable"]
+    if mode == "warn":
+        doc = json.loads(out)
+        assert doc["allowed"] is True and "squawk not found" in doc["lint"]["unavailable"]
+        assert len(unavailable) == 1
+        assert main(["plan", "-c", str(ini), "--from", "base"], configure_logging=False) == 0
+        assert "lint (warn): not run: squawk not found" in capsys.readouterr().out
+    else:
+        assert not unavailable
+
+
 def test_plan_unknown_target(make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     ini = make_project([]).add_modules(LINEAR).ini
     assert main(["plan", "-c", str(ini), "--from", "base", "nope"], configure_logging=False) == 3
