@@ -86,10 +86,11 @@ def probe(project: Project, expect: URL | None = None, *,
             project.script.run_env()
     except Exception as exc:  # noqa: BLE001 - env.py is the user's code
         raise env_py_failure(exc) from None
-    if read_failed:
-        raise read_failed[0]
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
+    check_database(found[0].url, expect)  # again: an env.py may have swallowed the first
+    if read_failed:
+        raise read_failed[0]
     found[0].heads = heads_read[0] if heads_read else ()
     return found[0]
 
