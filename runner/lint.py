@@ -239,7 +239,7 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
     except json.JSONDecodeError:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise LintUnavailableError(f"squawk failed (exit {result.returncode}): "
-                         f"{detail[0] if detail else 'no output'}") from None
+                                   f"{detail[0] if detail else 'no output'}") from None
     order = {name: i for i, name in enumerate(files)}
     found: list[tuple[int, Finding]] = []
     ignores = {name: ignored_rules(revision_source(script)) for name, script in files.items()}

@@ -75,6 +75,13 @@ def make_project(tmp_path: Path) -> Callable[..., Project]:
 
 
 @pytest.fixture
+def no_squawk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squawk can be found neither on PATH nor beside the interpreter (lint.find_squawk)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-bin" / "python"))
+
+
+@pytest.fixture
 def run_cli(tmp_path: Path, server: Server) -> Callable[..., int]:
     """In-process `main()`: for assertions on structured events with capture_logs()."""
 

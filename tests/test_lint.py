@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -99,9 +97,7 @@ def test_unwrap_both_offline_layouts() -> None:
     assert lint.unwrap(single) == single[:4]
 
 
-def test_missing_squawk_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
-                                         tmp_path: Path) -> None:
-    monkeypatch.setattr(shutil, "which", lambda _name: None)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+@pytest.mark.usefixtures("no_squawk")
+def test_missing_squawk_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="pip install squawk-cli"):
         lint.find_squawk()

@@ -194,12 +194,11 @@ def test_plan_lint_modes(make_project: MakeProject, logs: list[dict[str, Any]],
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("warn", 0), ("error", 2)])
+@pytest.mark.usefixtures("no_squawk")
 def test_plan_without_squawk_answers_as_upgrade_would(
         mode: str, expected: int, make_project: MakeProject, logs: list[dict[str, Any]],
-        capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        capsys: pytest.CaptureFixture[str]) -> None:
     """plan exits 0 when upgrade would start: upgrade only warns without squawk in warn mode."""
-    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
-    monkeypatch.setattr("sys.executable", str(tmp_path / "no-bin" / "python"))
     ini = make_project([]).add_modules(LINEAR).ini
     code = main(["plan", "--format", "json", "-c", str(ini), "--from", "base", "--lint", mode],
                 configure_logging=False)

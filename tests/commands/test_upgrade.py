@@ -409,10 +409,9 @@ def test_an_env_py_connecting_elsewhere_than_the_url_given_is_refused(
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("warn", 0), ("error", 2)])
+@pytest.mark.usefixtures("no_squawk")
 def test_without_squawk_only_lint_error_refuses(mode, expected, make_project, db, sql,
-                                                run_cli, tmp_path, monkeypatch, logs):
-    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
-    monkeypatch.setattr("sys.executable", str(tmp_path / "no-bin" / "python"))
+                                                run_cli, tmp_path, logs):
     project = make_project(FIVE[:2])
     code = run_cli(cli_args(project, db, "--lint", mode, "--no-schema-diff",
                             artifacts=tmp_path / "a"))
