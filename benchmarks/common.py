@@ -243,6 +243,12 @@ def tool(name: str) -> str:
     return found
 
 
+def alembic_frozen_exit(*args: str) -> list[str]:
+    """argv of `alembic ARGS` that freezes the garbage collector before exiting, as
+    safe-migrate does: the like-for-like reference for everything but the work itself."""
+    return [sys.executable, str(REPO / "benchmarks" / "alembic_frozen_exit.py"), *args]
+
+
 def clean_env(database_url: str | None = None, **extra: str) -> dict[str, str]:
     """The caller's environment without anything that would change the tools' behaviour."""
     # PYTHONDONTWRITEBYTECODE (set on some machines) would make every run compile every

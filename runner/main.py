@@ -6,6 +6,7 @@ This is the only place that turns an exception into an exit code.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -61,8 +62,22 @@ def _module(name: str) -> Any:
 
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
     """The CLI. configure_logging=False leaves structlog as the caller set it up (tests use
-    structlog.testing.capture_logs())."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    structlog.testing.capture_logs()).
+
+    Without `argv` it runs this process's own command line, and the process ends when it
+    returns: what is still alive is frozen for the garbage collector (see below).
+    """
+    code = _run(list(sys.argv[1:] if argv is None else argv), configure_logging)
+    if argv is None:
+        # The interpreter's shutdown runs a full collection over every object still alive,
+        # every revision module alembic imported included: ~0.1 s at 2,000 revisions, as much
+        # as the status command's own work. Frozen objects are skipped; atexit handlers, log
+        # flushes and finalizers still run.
+        gc.freeze()
+    return code
+
+
+def _run(args_list: list[str], configure_logging: bool) -> int:
     debug = "--debug" in args_list
     if configure_logging:
         runner_logging.configure(_peek_log_format(args_list))  # type: ignore[arg-type]

@@ -43,3 +43,32 @@ def test_help_lists_every_command_even_when_built_for_one(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS)
+
+
+_FREEZE = """
+import gc, sys
+from runner.main import main
+before = gc.get_freeze_count()
+code = main(sys.argv[2:]) if sys.argv[1] == "--as-a-call" else main()
+print(code, before, gc.get_freeze_count())
+"""
+
+
+def _freeze_counts(*argv: str) -> tuple[int, int, int]:
+    out = subprocess.run([sys.executable, "-c", _FREEZE, *argv], capture_output=True, text=True,
+                         check=True).stdout.split()
+    code, before, after = (int(word) for word in out)
+    return code, before, after
+
+
+def test_the_process_s_own_command_line_freezes_what_is_alive_before_shutdown(tmp_path):
+    # Exit 2 (no such alembic.ini) still returns through main(): the freeze is on every exit.
+    code, before, after = _freeze_counts("status", "-c", str(tmp_path / "missing.ini"))
+    assert (code, before) == (2, 0) and after > 0
+
+
+def test_a_call_with_argv_leaves_the_collector_alone(tmp_path):
+    # Tests and other callers go on living after main() returns: nothing of theirs is frozen.
+    code, before, after = _freeze_counts("--as-a-call", "status", "-c",
+                                         str(tmp_path / "missing.ini"))
+    assert code == 2 and after == before == 0
