@@ -48,6 +48,7 @@ class AdvisoryLock:
     def acquire(self, wait: float) -> None:
         started = time.monotonic()
         last_log = -_LOG_EVERY
+        retried_free = False
         while True:
             row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
             if row is not None and row[0]:
@@ -58,6 +59,12 @@ class AdvisoryLock:
             waited = time.monotonic() - started
             holders = catalog.advisory_lock_holders(self.conn, self.key)
             holder = holders[0] if holders else None
+            if holder is None and not retried_free:
+                # Released between the two queries: free now, so try again at once, even
+                # past the deadline (giving up on a free lock would be a false exit 4).
+                retried_free = True
+                continue
+            retried_free = False
             if waited >= wait:
                 who = (f"pid {holder.pid} ({holder.application_name or 'no application_name'}) "
                        f"since {holder.since}") if holder else "another session"
