@@ -23,7 +23,9 @@ class Artifacts:
 
     def prepare(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The parent too (--artifacts-dir, created here the first time): owner-only.
+            self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.directory.mkdir(exist_ok=True, mode=0o700)
             probe = self.directory / ".write-test"
             probe.write_text("")
             probe.unlink()

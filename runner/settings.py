@@ -39,8 +39,11 @@ class Settings:
     debug: bool
     termination_log: Path
     target: str = "heads"
+    ledger: bool = True
+    ledger_table: str | None = None  # NAME or SCHEMA.NAME; default: safe_migrate_runs
     run_id: str = field(default_factory=lambda: new_run_id())
-    # Where status/recover look for past runs: --artifacts-dir as given, else the default root.
+    # --artifacts-dir (always a parent: each run writes <root>/<run-id>/), where status and
+    # recover look for past runs.
     artifacts_root: Path = ARTIFACTS_ROOT
 
 
@@ -78,7 +81,15 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     add("--connect-timeout", default=_env("SAFE_MIGRATE_CONNECT_TIMEOUT", "10s"),
         help="how long to retry an unreachable database (default 10s)")
     add("--artifacts-dir", default=_env("SAFE_MIGRATE_ARTIFACTS_DIR"),
-        help="where artifacts go (default ./migration-artifacts/<run-id>/)")
+        help="parent of the runs' artifacts: each run writes DIR/<run-id>/ "
+             "(default ./migration-artifacts)")
+    add("--ledger-table", default=_env("SAFE_MIGRATE_LEDGER_TABLE"), metavar="[SCHEMA.]NAME",
+        help="the run ledger in the database (default safe_migrate_runs, in the version "
+             "table's schema)")
+    add("--no-ledger", action="store_true",
+        default=_env("SAFE_MIGRATE_NO_LEDGER", "") in ("1", "true"),
+        help="keep no run ledger in the database: recovery then relies on the local "
+             "artifacts, and a failed run does not block the next (env SAFE_MIGRATE_NO_LEDGER=1)")
     add("--no-schema-diff", action="store_true",
         default=_env("SAFE_MIGRATE_NO_SCHEMA_DIFF", "") in ("1", "true"),
         help="skip the pg_dump snapshots (env SAFE_MIGRATE_NO_SCHEMA_DIFF=1)")
@@ -125,7 +136,7 @@ def _int(value: str, flag: str) -> int:
 
 def from_args(args: argparse.Namespace) -> Settings:
     run_id = new_run_id()
-    given = Path(args.artifacts_dir) if args.artifacts_dir else None
+    root = Path(args.artifacts_dir) if args.artifacts_dir else ARTIFACTS_ROOT
     return Settings(
         command=args.command,
         config_file=Path(args.config),
@@ -138,7 +149,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         lock_retries=_int(str(args.lock_retries), "--lock-retries"),
         advisory_lock_wait=parse_duration(args.advisory_lock_wait, flag="--advisory-lock-wait"),
         connect_timeout=parse_duration(args.connect_timeout, flag="--connect-timeout"),
-        artifacts_dir=given or ARTIFACTS_ROOT / run_id,
+        artifacts_dir=root / run_id,
         schema_diff=not args.no_schema_diff,
         pg_dump=args.pg_dump,
         log_format=args.log_format,
@@ -146,5 +157,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         termination_log=Path(args.termination_log),
         target=getattr(args, "target", None) or "heads",
         run_id=run_id,
-        artifacts_root=given or ARTIFACTS_ROOT,
+        artifacts_root=root,
+        ledger=not args.no_ledger,
+        ledger_table=args.ledger_table,
     )

@@ -82,3 +82,9 @@ def _first(value: str | tuple[str, ...] | None) -> str | None:
     if isinstance(value, tuple):
         return value[0] if value else None
     return value
+
+
+def psql_url(url: URL) -> str:
+    """A URL psql takes (libpq: no +driver), without the password: psql finds it in
+    PGPASSWORD or ~/.pgpass, and the printed command never holds it."""
+    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)

@@ -268,6 +268,14 @@ def cli_args(project: Project, db: URL, *extra: str, command: str = "upgrade",
     return args + list(extra)
 
 
+def run_dir(parent: Path) -> Path:
+    """The newest run's folder under --artifacts-dir (always a parent: DIR/<run-id>/)."""
+    runs = sorted((child for child in parent.iterdir() if (child / "run.json").is_file()),
+                  key=lambda child: ((child / "run.json").stat().st_mtime, child.name))
+    assert runs, f"no run under {parent}"
+    return runs[-1]
+
+
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     """`python -m runner ...` as a child process: for signals, kills and concurrency."""
     from runner.embedded import bin_dir
@@ -297,7 +305,8 @@ def version_of(sql: Callable[..., list[tuple[Any, ...]]]) -> list[str]:
 
 def tables_of(sql: Callable[..., list[tuple[Any, ...]]]) -> set[str]:
     return {row[0] for row in sql(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")} - {"alembic_version"}
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")} - {
+        "alembic_version", "safe_migrate_runs"}
 
 
 def advisory_locks(sql: Callable[..., list[tuple[Any, ...]]]) -> int:

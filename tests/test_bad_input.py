@@ -206,6 +206,11 @@ def read_only_role(ctx: Ctx) -> list[str]:
     return ctx.args(ctx.project(), url=url)
 
 
+def read_only_role_no_ledger(ctx: Ctx) -> list[str]:
+    """Without the ledger the run gets as far as the migration, which fails (exit 5)."""
+    return [*read_only_role(ctx), "--no-ledger"]
+
+
 def migration_syntax_error(ctx: Ctx) -> list[str]:
     project = ctx.project()
     path = project.versions / "r2.py"
@@ -351,7 +356,8 @@ CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (wrong_password, 7, "password authentication failed"),
     (unreachable_host, 7, "cannot connect"),
     (missing_database, 2, "does not exist"),
-    (read_only_role, 5, "permission denied"),
+    (read_only_role, 2, "cannot write the run ledger"),  # before anything runs
+    (read_only_role_no_ledger, 5, "permission denied"),
     (migration_syntax_error, 3, "SyntaxError"),
     (migration_raises, 5, "boom-in-r2"),
     (migration_raises_debug, 5, "boom-in-r2"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import URL
-from support import libpq, write_project
+from support import libpq, run_dir, write_project
 
 from runner.embedded import EmbeddedPostgres, bin_dir
 
@@ -176,9 +176,9 @@ def test_failing_run_with_url_flag_leaks_nothing(database, wrapper, tmp_path):
     result = run_runner([*common_args(project, script, artifacts, tmp_path),
                          "--database-url", url])
     assert result.code == 5, result.stderr
-    assert (artifacts / "recovery-plan.json").is_file()
-    assert (artifacts / "recovery-plan.md").is_file()
-    assert (artifacts / "schema-before.sql").is_file()
+    assert (run_dir(artifacts) / "recovery-plan.json").is_file()
+    assert (run_dir(artifacts) / "recovery-plan.md").is_file()
+    assert (run_dir(artifacts) / "schema-before.sql").is_file()
     # The wrapper really ran (so its argv was checked), and so did we see children.
     assert log.exists() and "--schema-only" in log.read_text()
     assert any("pg_dump" in argv for argv in result.child_argvs)
@@ -194,7 +194,8 @@ def test_successful_run_with_url_flag_leaks_nothing(database, wrapper, tmp_path)
     result = run_runner([*common_args(project, script, artifacts, tmp_path), "--database-url",
                          database.render_as_string(hide_password=False)])
     assert result.code == 0, result.stderr
-    assert (artifacts / "run.json").is_file() and (artifacts / "schema.diff").is_file()
+    run = run_dir(artifacts)
+    assert (run / "run.json").is_file() and (run / "schema.diff").is_file()
     assert log.exists() and "--schema-only" in log.read_text()
     assert_no_secret(result, artifacts, tmp_path, log)
     assert_owner_only(artifacts)
@@ -207,7 +208,7 @@ def test_database_url_env_var_leaks_nothing(database, wrapper, tmp_path):
     result = run_runner(common_args(project, script, artifacts, tmp_path),
                         env={"DATABASE_URL": database.render_as_string(hide_password=False)})
     assert result.code == 5, result.stderr
-    assert (artifacts / "recovery-plan.json").is_file()
+    assert (run_dir(artifacts) / "recovery-plan.json").is_file()
     assert log.exists()
     assert_no_secret(result, artifacts, tmp_path, log)
     assert_owner_only(artifacts)

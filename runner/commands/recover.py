@@ -1,5 +1,15 @@
-"""`safe-migrate recover`: the recovery plan from the live database and the last run's artifacts;
-`--execute` carries it out under the same advisory lock as upgrade, after showing it."""
+"""`safe-migrate recover`: the recovery plan of the last unresolved failure; `--execute` carries
+it out, `--mark-resolved` records a fix made by hand.
+
+Safety rules (never destroy what the failed run did not create):
+- the failure comes from the run ledger in the database (any machine), else from the local
+  artifacts of this same database; the leftovers are the objects recorded at failure time;
+- under the advisory lock, before any change, everything is read again: the failure still
+  unresolved, the version table where the failure left it, each leftover with its recorded
+  definition. Anything else: exit 3, nothing changed;
+- every statement runs with lock_timeout and upgrade's retries: recovery never queues
+  production traffic behind a DROP.
+"""
 
 from __future__ import annotations
 
@@ -7,122 +17,273 @@ import argparse
 import json
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from alembic import command
 
-from runner.artifacts import find_run_dirs, load_run
-from runner.db import catalog
+from runner.db import catalog, objects
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock
+from runner.db.migrate import LOCK_RACE
 from runner.db.probe import ProbeResult, probe
-from runner.errors import SafeMigrateError, UsageError
+from runner.durations import to_postgres_ms
+from runner.errors import LockBusyError, PreflightError, UsageError
 from runner.logging import get_logger
+from runner.planning.history import applied
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
+from runner.recovery import leftovers
 from runner.recovery import plan as recovery
-from runner.recovery.leftovers import find_leftovers
-from runner.schema import snapshot
+from runner.recovery.recorder import read_source
+from runner.recovery.runs import PastRun, RunHistory
 from runner.settings import Settings
+from runner.urls import psql_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execute", action="store_true",
-                        help="carry the plan out (after showing it)")
+                        help="carry the plan out (after showing it), under the advisory lock")
     parser.add_argument("--yes", action="store_true",
                         help="do not ask for confirmation (non-interactive use)")
+    parser.add_argument("--mark-resolved", action="store_true",
+                        help="record that the last unresolved failure was fixed by hand")
+    parser.add_argument("--note", help="with --mark-resolved: what was done (kept in the ledger)")
     parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
+class Recovery:
+    """One `recover` invocation against one database."""
+
+    def __init__(self, settings: Settings, project: Project, found: ProbeResult,
+                 conn: psycopg.Connection[Any], log: Any) -> None:
+        self.settings = settings
+        self.project = project
+        self.found = found
+        self.conn = conn
+        self.log = log
+        self.history = RunHistory.open(
+            conn, version_schema=found.version_schema, version_table=found.version_table,
+            ledger_table=settings.ledger_table, use_ledger=settings.ledger,
+            artifacts_root=settings.artifacts_root)
+
+    # -- reading ------------------------------------------------------------------------------
+    def heads(self) -> list[str]:
+        return list(catalog.version_heads(self.conn, self.found.version_schema,
+                                          self.found.version_table) or ())
+
+    def unresolved(self) -> PastRun | None:
+        heads = self.heads()
+        for run in self.history.unresolved():
+            if run.outcome == "running" and applied(self.project.script, heads,
+                                                     str(run.running.get("revision"))):
+                continue  # it died after that step committed: nothing of it is left
+            return run
+        return None
+
+    def last_clean_failure(self) -> PastRun | None:
+        runs = self.history.runs()
+        latest = runs[0] if runs else None
+        return latest if latest is not None and latest.outcome == "migration-failed" else None
+
+    def failure_of(self, run: PastRun) -> recovery.Failure:
+        """The run's recorded failure; for a run that died mid-step, recorded now: what is
+        new since its pre-step record, attributed to the revision's code."""
+        recorded = run.recorded_failure
+        if recorded is not None:
+            return recorded
+        running = run.running
+        path = running.get("path")
+        failure = recovery.Failure(
+            run_id=run.run_id, status=recovery.PARTIAL_APPLY,
+            failed_revision=running.get("revision"), down_revision=running.get("down_revision"),
+            path=path, heads=_heads_before_step(running.get("down_revision")),
+            error=f"the run died during non-transactional migration {running.get('revision')}")
+        before = run.pre_step
+        if before is None:
+            failure.leftovers_known = False
+            return failure
+        self._refuse_while_still_running(running)
+        failure.leftovers, failure.unattributed = leftovers.record(
+            self.conn, before, read_source(path))
+        return failure
+
+    def _refuse_while_still_running(self, running: dict[str, Any]) -> None:
+        """A killed runner's backend can go on (a CREATE INDEX CONCURRENTLY) until it next
+        talks to its client: what it does then must not race with recovery."""
+        pid = running.get("pid")
+        if pid is None:
+            return
+        row = self.conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND datname = current_database() "
+            "AND application_name = 'safe-migrate-migration'", (pid,)).fetchone()
+        if row is not None:
+            raise LockBusyError(
+                f"the failed run's migration session (pid {pid}) is still running on the "
+                "server: wait for it to end, or end it with pg_terminate_backend, then retry")
+
+    def plan(self, failure: recovery.Failure, run: PastRun) -> recovery.RecoveryPlan:
+        down = failure.down_revision
+        template = (downgrade_template(self.project, failure.failed_revision, down)
+                    if failure.failed_revision and failure.status == recovery.PARTIAL_APPLY
+                    else None)
+        rollback = (run.directory / "rollback.sql").resolve() if run.directory else None
+        return recovery.build_plan(
+            failure, current=self.heads(), config_hint=str(self.settings.config_file),
+            downgrade_sql=template, psql_url=psql_url(self.found.url),
+            rollback_file=str(rollback) if rollback else "rollback.sql")
+
+    # -- changing -----------------------------------------------------------------------------
+    def lock(self) -> AdvisoryLock:
+        lock = AdvisoryLock.open(self.found.url, self.found.version_schema,
+                                 self.found.version_table, timeout=self.settings.connect_timeout,
+                                 run_id=self.settings.run_id, log=self.log,
+                                 interrupted=threading.Event())
+        try:
+            lock.acquire(self.settings.advisory_lock_wait)
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    def recheck(self, run: PastRun, failure: recovery.Failure) -> recovery.Failure:
+        """Under the lock: still unresolved, the version table where the failure left it, and
+        (for a run that died mid-step) the leftovers recorded now."""
+        if not self.history.still_unresolved(run):
+            raise PreflightError(f"run {run.run_id} was resolved meanwhile: nothing was changed")
+        if run.recorded_failure is None:
+            failure = self.failure_of(run)
+        heads = self.heads()
+        if set(heads) != set(failure.heads):
+            raise PreflightError(
+                f"the database moved since run {run.run_id} failed: its version table is at "
+                f"{heads or ['base']}, the failure left {failure.heads or ['base']} (another "
+                "run, or a stamp by hand): nothing was changed; check it, then `safe-migrate "
+                "recover --mark-resolved` if it is fixed")
+        return failure
+
+    def carry_out(self, run: PastRun, failure: recovery.Failure,
+                  plan: recovery.RecoveryPlan) -> None:
+        if not failure.leftovers_known:
+            raise PreflightError("the leftovers of this failure are unknown, so recover drops "
+                                 "nothing: inspect the database by hand (the plan's queries), "
+                                 "then `safe-migrate recover --mark-resolved`")
+        drops = self._unchanged(failure)
+        self.conn.execute(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
+        for obj in drops:
+            statement = obj.drop_sql()
+            if statement.lstrip().startswith("--"):
+                continue
+            self._with_retries(statement)
+            self.log.info("recovery.statement", sql=statement)
+        stamp = plan.stamp_target or "base"
+        if self.heads() != stamp.split() and not (stamp == "base" and not self.heads()):
+            revisions = stamp.split()
+            command.stamp(self.project.config,
+                          revisions[0] if len(revisions) == 1 else revisions, purge=True)
+            self.log.info("recovery.stamped", revision=stamp)
+        skipped = [o.describe() for o in failure.unattributed]
+        note = f"left alone (not the failed run's): {', '.join(skipped)}" if skipped else None
+        self.history.resolve(run, "recovered", note)
+        self.log.info("recovery.done", status=plan.status, stamp_target=plan.stamp_target,
+                      run=run.run_id, dropped=len(drops))
+
+    def _unchanged(self, failure: recovery.Failure) -> list[objects.Recorded]:
+        """The recorded leftovers still there as recorded; any that changed since: exit 3."""
+        live = objects.definitions(self.conn, failure.leftovers)
+        changed = [o for o in failure.leftovers
+                   if o.key in live and o.definition and live[o.key] != o.definition]
+        if changed:
+            raise PreflightError(
+                "changed since the failure, so not the failed run's alone any more: "
+                + ", ".join(o.describe() for o in changed) + "; nothing was changed: "
+                "decide by hand, then `safe-migrate recover --mark-resolved`")
+        return [o for o in failure.leftovers if o.key in live or o.kind == "enum_value"]
+
+    def _with_retries(self, statement: str) -> None:
+        from tenacity import (
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential_jitter,
+        )
+
+        for attempt in Retrying(
+                retry=retry_if_exception(
+                    lambda exc: getattr(exc, "sqlstate", None) in LOCK_RACE),
+                stop=stop_after_attempt(self.settings.lock_retries + 1),
+                wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
+                reraise=True):
+            with attempt:
+                self.conn.execute(statement.encode())
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     project = load_project(settings)
     found = probe(project, settings.database_url)
-    conn = connect(found.url, timeout=settings.connect_timeout,
-                   application_name="safe-migrate-recover")
-    with conn:
-        plan = build(settings, project, found, conn)
-        if plan.failed_revision is None and not plan.leftover_objects:
-            print("nothing to recover: no failed run recorded and no leftovers in the database")
-            log.info("recovery.nothing")
+    with connect(found.url, timeout=settings.connect_timeout,
+                 application_name="safe-migrate-recover") as conn:
+        job = Recovery(settings, project, found, conn, log)
+        if args.mark_resolved:
+            return _mark_resolved(job, args.note, log)
+        run_ = job.unresolved() or job.last_clean_failure()
+        if run_ is None:
+            _nothing(job, log)
             return 0
+        failure = job.failure_of(run_)
+        plan = job.plan(failure, run_)
         print(recovery.render_markdown(plan) if args.format == "text"
               else json.dumps(plan.to_dict(), indent=2))
         log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
-                 leftovers=len(plan.leftover_objects), commands=plan.commands)
+                 leftovers=len(plan.leftover_objects), commands=plan.commands,
+                 run=run_.run_id, source=job.history.origin)
         if not args.execute:
             return 0
         _confirm(args.yes)
-        execute(settings, project, found, conn, plan, log)
+        if failure.status == recovery.CLEAN_ROLLBACK:
+            print("nothing to carry out: the failed migration was rolled back entirely")
+            return 0
+        lock = job.lock()
+        try:
+            failure = job.recheck(run_, failure)
+            job.carry_out(run_, failure, job.plan(failure, run_))
+        finally:
+            lock.close()
     return 0
 
 
-def build(settings: Settings, project: Project, found: ProbeResult,
-          conn: psycopg.Connection[Any]) -> recovery.RecoveryPlan:
-    heads = list(catalog.version_heads(conn, found.version_schema, found.version_table) or ())
-    runs = find_run_dirs(settings.artifacts_root)
-    last = load_run(runs[-1]) if runs else {}
-    failed = _failed_migration(last, project)
-    if failed and _applied(project, heads, failed["revision"]):
-        # Killed between its commit and the journal's next write: the database says applied.
-        failed = None
-    baseline = _baseline(runs[-1], failed) if runs and failed else None
-    live = None
-    if baseline is not None:
-        pg_dump = snapshot.find_pg_dump(settings.pg_dump)
-        snapshot.check_pg_dump(pg_dump, catalog.server_version_num(conn))
-        live = snapshot.take_snapshot(pg_dump, found.url,
-                                      [(found.version_schema, found.version_table)]).text
-    leftovers = find_leftovers(conn, baseline, live)
-    status = recovery.PARTIAL_APPLY if leftovers else recovery.CLEAN_ROLLBACK
-    down = failed.get("down_revision") if failed else None
-    downgrade_sql = downgrade_template(project, failed["revision"], down) if failed else None
-    return recovery.build_plan(
-        status=status, current=heads,
-        failed_revision=failed.get("revision") if failed else None,
-        failed_down_revision=down if isinstance(down, str) else None,
-        failed_path=failed.get("path") if failed else None, leftovers=leftovers,
-        downgrade_sql=downgrade_sql, config_hint=str(settings.config_file),
-        error=last.get("error"))
+def _nothing(job: Recovery, log: Any) -> None:
+    others = catalog.invalid_indexes(job.conn) + catalog.not_valid_constraints(job.conn)
+    print(f"nothing to recover: no unresolved failure recorded ({job.history.origin})")
+    for obj in others:
+        # Not recorded by any failed run: whoever made it decides (never dropped here).
+        print(f"not touched: {obj['kind']} {obj['schema']}.{obj['name']} on {obj['table']} "
+              "(no failed run recorded it)")
+    log.info("recovery.nothing", source=job.history.origin, unrecorded=len(others))
 
 
-def _failed_migration(run: dict[str, Any], project: Project) -> dict[str, Any] | None:
-    """The migration the last run was in when it failed or died (a killed run: the step its
-    journal names, which run.json itself may not list yet)."""
-    running = run.get("running_revision") if run.get("outcome") == "running" else None
-    for migration in reversed(run.get("migrations", [])):
-        if migration.get("outcome") != "applied" and running in (None, migration["revision"]):
-            return dict(migration)
-    script = project.script.get_revision(running) if running else None
-    if script is None:
-        return None
-    down = script.down_revision
-    return {"revision": script.revision, "path": script.path,
-            "down_revision": list(down) if isinstance(down, (tuple, list)) else down}
-
-
-def _applied(project: Project, heads: list[str], revision: str) -> bool:
-    """Whether the database at `heads` has `revision` (it or a descendant is applied)."""
-    if not heads:
-        return False
+def _mark_resolved(job: Recovery, note: str | None, log: Any) -> int:
+    run_ = job.unresolved()
+    if run_ is None:
+        print(f"nothing to mark: no unresolved failure recorded ({job.history.origin})")
+        return 0
+    lock = job.lock()
     try:
-        return any(script.revision == revision
-                   for script in project.script.iterate_revisions(tuple(heads), "base"))
-    except Exception:  # noqa: BLE001 - an unknown head: recover cannot vouch for anything
-        return False
+        if not job.history.still_unresolved(run_):
+            raise PreflightError(f"run {run_.run_id} was resolved meanwhile")
+        job.history.resolve(run_, "marked-resolved", note)
+    finally:
+        lock.close()
+    print(f"run {run_.run_id} ({run_.outcome}) marked resolved")
+    log.info("recovery.marked_resolved", run=run_.run_id, note=note)
+    return 0
 
 
-def _baseline(run_dir: Path, failed: dict[str, Any] | None) -> str | None:
-    """The schema right before the failed migration, as the run recorded it.
-
-    Only a non-transactional migration has one, and only it can leave anything behind; the
-    run's schema-before.sql is no baseline: migrations applied earlier in the run differ
-    from it legitimately.
-    """
-    path = run_dir / f"schema-pre-{failed['revision']}.sql" if failed else None
-    return path.read_text() if path is not None and path.is_file() else None
+def _heads_before_step(down: Any) -> list[str]:
+    if isinstance(down, list):
+        return [str(d) for d in down]
+    return [str(down)] if down else []
 
 
 def _confirm(yes: bool) -> None:
@@ -134,27 +295,3 @@ def _confirm(yes: bool) -> None:
     if answer.strip().lower() != "yes":
         raise UsageError("recovery not confirmed; nothing was changed")
 
-
-def execute(settings: Settings, project: Project, found: ProbeResult,
-            conn: psycopg.Connection[Any], plan: recovery.RecoveryPlan, log: Any) -> None:
-    lock = AdvisoryLock.open(found.url, found.version_schema, found.version_table,
-                             timeout=settings.connect_timeout, run_id=settings.run_id, log=log,
-                             interrupted=threading.Event())
-    try:
-        lock.acquire(settings.advisory_lock_wait)
-        for statement in plan.rollback_sql:
-            if statement.lstrip().startswith("--"):
-                continue
-            # Autocommit, one statement at a time: DROP INDEX CONCURRENTLY needs it.
-            conn.execute(statement.encode())
-            log.info("recovery.statement", sql=statement)
-        heads = list(catalog.version_heads(conn, found.version_schema, found.version_table) or ())
-        if plan.stamp_target and heads != [plan.stamp_target]:
-            command.stamp(project.config, plan.stamp_target, purge=True)
-            log.info("recovery.stamped", revision=plan.stamp_target)
-        remaining = catalog.invalid_indexes(conn)
-        if remaining:
-            raise SafeMigrateError(f"recovery left invalid indexes behind: {remaining}")
-        log.info("recovery.done", status=plan.status, stamp_target=plan.stamp_target)
-    finally:
-        lock.close()

@@ -10,15 +10,15 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Connection
 
-from runner.artifacts import find_run_dirs, load_run
 from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import version_table_key
 from runner.db.probe import ProbeResult, probe
 from runner.logging import get_logger
-from runner.planning.history import load_history, unknown_revisions
+from runner.planning.history import applied, load_history, unknown_revisions
 from runner.planning.history import pending as _pending
 from runner.project import load_project
+from runner.recovery.runs import PastRun, RunHistory
 from runner.settings import Settings
 from runner.urls import mask
 
@@ -34,15 +34,23 @@ class Reading:
     heads: tuple[str, ...] | None  # None: no version table
     lock_holders: list[dict[str, Any]]
     invalid_objects: list[dict[str, str]]
+    runs: list[PastRun]  # newest first
+    unresolved: list[PastRun]
+    source: str  # where the runs come from: the ledger, or the artifacts
 
 
-def read(conn: psycopg.Connection[Any], found: ProbeResult) -> Reading:
+def read(conn: psycopg.Connection[Any], found: ProbeResult, settings: Settings) -> Reading:
     schema, table = found.version_schema, found.version_table
     key = version_table_key(conn, schema, table)
+    history = RunHistory.open(conn, version_schema=schema, version_table=table,
+                              ledger_table=settings.ledger_table, use_ledger=settings.ledger,
+                              artifacts_root=settings.artifacts_root)
     return Reading(heads=catalog.version_heads(conn, schema, table),
                    lock_holders=[h.to_dict() for h in catalog.advisory_lock_holders(conn, key)],
                    invalid_objects=catalog.invalid_indexes(conn)
-                   + catalog.not_valid_constraints(conn))
+                   + catalog.not_valid_constraints(conn),
+                   runs=history.runs(), unresolved=history.unresolved(),
+                   source=history.origin)
 
 
 def collect(settings: Settings) -> dict[str, Any]:
@@ -53,20 +61,22 @@ def collect(settings: Settings) -> dict[str, Any]:
     def on_env_py_connection(connection: Connection, found: ProbeResult) -> None:
         raw = connection.connection.driver_connection
         if isinstance(raw, psycopg.Connection):  # read-only, inside env.py's transaction
-            readings.append(read(raw, found))
+            readings.append(read(raw, found, settings))
 
     found = probe(project, settings.database_url, read=on_env_py_connection)
     if not readings:  # env.py's driver is not psycopg 3: a connection of our own
         with connect(found.url, timeout=settings.connect_timeout,
                      application_name="safe-migrate-status") as conn:
-            readings.append(read(conn, found))
+            readings.append(read(conn, found, settings))
     reading = readings[0]
     heads, holders, leftovers = reading.heads, reading.lock_holders, reading.invalid_objects
     current = list(heads or ())
     unknown = unknown_revisions(history, tuple(current))
     pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]
-    runs = find_run_dirs(settings.artifacts_root)
-    last = load_run(runs[-1]) if runs else None
+    last = reading.runs[0] if reading.runs else None
+    unresolved = [run for run in reading.unresolved
+                  if not (run.outcome == "running" and applied(
+                      history.script, current, str(run.running.get("revision"))))]
     return {
         "database_url": mask(found.url),
         "version_table": f"{found.version_schema}.{found.version_table}",
@@ -78,11 +88,21 @@ def collect(settings: Settings) -> dict[str, Any]:
         "pending_count": len(pending),
         "lock_holders": holders,
         "invalid_objects": leftovers,
-        "last_run": None if last is None else {
-            "run_id": last.get("run_id"), "outcome": last.get("outcome"),
-            "exit_code": last.get("exit_code"), "running_revision": last.get("running_revision"),
-            "ended_at": last.get("ended_at"), "directory": str(runs[-1])},
+        "runs_source": reading.source,
+        "last_run": None if last is None else _last_run(last, holders, pending),
+        "unresolved": [run.summary() for run in unresolved],
     }
+
+
+def _last_run(last: PastRun, holders: list[dict[str, Any]],
+              pending: list[str]) -> dict[str, Any]:
+    summary = last.summary()
+    # A run still "running" while nobody holds the lock died (killed, pod evicted).
+    summary["died"] = died = last.outcome == "running" and not holders
+    if died and pending and summary["running_revision"] not in pending:
+        # Each step commits with its version row: it died in the first one not recorded.
+        summary["running_revision"] = pending[0]
+    return summary
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -111,6 +131,10 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"LEFTOVER:       {obj['kind']} {obj['schema']}.{obj['name']}")
     last = report["last_run"]
     lines.append("last run:       " + ("none recorded" if last is None else
-                 f"{last['run_id']}: {last['outcome']} (exit {last['exit_code']}) in "
-                 f"{last['directory']}"))
+                 f"{last['run_id']}: {last['outcome']}"
+                 + (" (died)" if last["died"] else f" (exit {last['exit_code']})")
+                 + f" [{report['runs_source']}]"))
+    for run in report["unresolved"]:
+        lines.append(f"UNRESOLVED:     run {run['run_id']}: {run['outcome']} at "
+                     f"{run['failed_revision'] or '?'}: run `safe-migrate recover`")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -17,10 +18,14 @@ import psycopg
 
 from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
-from runner.db.connect import first_line
+from runner.db import catalog
+from runner.db.connect import connect, first_line
+from runner.db.ledger import parse_table
 from runner.db.migrate import Database, MigrationRecord, Migrator
+from runner.db.objects import Recorded
 from runner.db.probe import probe
 from runner.errors import (
+    DatabaseUnreachableError,
     ExitCode,
     LintUnavailableError,
     PartialApplyError,
@@ -30,11 +35,18 @@ from runner.errors import (
 )
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
-from runner.planning.history import History, check_target, load_history, pending
+from runner.planning.history import History, applied, check_target, load_history, pending
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
+from runner.recovery.plan import (
+    CLEAN_ROLLBACK,
+    PARTIAL_APPLY,
+    VERIFICATION_FAILED,
+    Failure,
+)
+from runner.recovery.recorder import Recorder, read_source
 from runner.settings import Settings, add_lint_argument
-from runner.urls import mask, mask_text
+from runner.urls import mask, mask_text, psql_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +119,7 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
 
 
 class UpgradeJob:
-    """One upgrade run: drives the Migrator, snapshots, verification, artifacts."""
+    """One upgrade run: drives the Migrator, snapshots, the run's record, artifacts."""
 
     migrator: Migrator
 
@@ -123,10 +135,12 @@ class UpgradeJob:
         self.interrupted = interrupted
         self.started = datetime.now(UTC)
         self.before: str | None = None
-        self.pre_step: dict[str, str] = {}
+        self.invalid_before: set[tuple[str, str]] = set()
         self.journal: Journal | None = None
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
+        self.recorder = Recorder(settings.run_id, log=log)
+        self.failure: Failure | None = None
 
     @property
     def db(self) -> Database | None:
@@ -145,9 +159,21 @@ class UpgradeJob:
             # configuration error (exit 2).
             self.pg_dump = self.finding.result()
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
+        # Under the advisory lock: the run's ledger row, before anything runs.
+        self.recorder.open(side, version_schema=db.version_schema, version_table=db.version_table,
+                           ledger_table=self.settings.ledger_table,
+                           use_ledger=self.settings.ledger, command="upgrade",
+                           target=self.settings.target, database_url=mask(db.url),
+                           tool_version=__version__)
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
+        self.recorder.check_unresolved(lambda rev: applied(self.project.script, db_heads, rev))
         if pending:
+            assert self.side is not None
+            invalid = catalog.invalid_indexes(self.side) + catalog.not_valid_constraints(
+                self.side)
+            self.invalid_before = {(o["schema"], o["name"]) for o in invalid}
+            _refuse_invalid_names(invalid, pending)
             self.journal = self.artifacts.journal()
         if pending or self.expected_schema is not None:
             self.before = self._snapshot("schema-before.sql", "before")
@@ -177,10 +203,18 @@ class UpgradeJob:
         assert self.journal is not None
         self.journal.record({"running_revision": record.revision, "attempt": record.attempts})
         if not record.transactional:
-            # It can leave part of itself behind: know exactly what was there before it.
-            text = self._snapshot(f"schema-pre-{record.revision}.sql", f"pre {record.revision}")
-            if text is not None:
-                self.pre_step[record.revision] = text
+            # It can leave part of itself behind: record exactly what was there before it,
+            # in the ledger and the artifacts, before it can commit anything.
+            try:
+                self.recorder.before_step(record.revision, record.down_revision, record.path,
+                                          record.attempts, self.migrator.pid)
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnreachableError(
+                    f"lost the runner's own session before migration {record.revision}, so "
+                    "what it could leave behind cannot be recorded: it did not start "
+                    f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
+            self.artifacts.write_json(f"pre-step-{record.revision}.json",
+                                      self.recorder.running)
             self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
@@ -206,31 +240,49 @@ class UpgradeJob:
         if heads is None and self.db is None:
             return None  # env.py never connected online (nothing to verify against)
         if set(heads or ()) != set(expected):
-            from runner.recovery import plan as recovery
             self.log.error("verification.failed", expected=expected, actual=list(heads or ()))
             return PartialApplyError(
                 f"post-run verification failed: the database is at {list(heads or ()) or 'base'}"
-                f", expected {expected}", kind=recovery.VERIFICATION_FAILED)
+                f", expected {expected}", kind=VERIFICATION_FAILED)
+        if self.migrator.applied and self.side is not None:
+            # CREATE INDEX CONCURRENTLY whose failure a migration swallowed, or IF NOT EXISTS
+            # over an invalid index: "success" with an index that enforces nothing.
+            left = [o for o in catalog.invalid_indexes(self.side)
+                    if (o["schema"], o["name"]) not in self.invalid_before]
+            if left:
+                names = ", ".join(f"{o['schema']}.{o['name']}" for o in left)
+                self.log.error("verification.failed", invalid_indexes=names)
+                return PartialApplyError(
+                    f"post-run verification failed: this run left invalid index(es) {names}",
+                    kind=VERIFICATION_FAILED, invalid=left)
         self.log.info("verification.ok", heads=list(heads or ()))
         return None
 
     def _finish(self, error: SafeMigrateError | None, expected: list[str]) -> ExitCode:
         code = ExitCode.OK if error is None else error.exit_code
         try:
+            if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
+                # First, right after the failure: what it left, from the catalog.
+                self.failure = self._record_failure(error, expected)
             after = None
-            if self.before is not None or self.pre_step:
+            if self.before is not None or self.recorder.pre_step:
                 after = self._snapshot("schema-after.sql", "after")
                 if after is not None and self.before is not None:
                     from runner.schema import snapshot
 
                     self.artifacts.write_text("schema.diff", snapshot.diff(self.before, after))
-            if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
-                self._write_plan(error, expected, after)
         except Exception as exc:  # noqa: BLE001 - an artifact must never hide the outcome
             # E.g. the server went away with the run: `recover` rebuilds the plan later.
             self.log.error("artifacts.failed", error=f"{type(exc).__name__}: "
                            f"{first_line(mask_text(str(exc)))}")
         finally:
+            self._record_outcome(error, code)
+            try:
+                if self.failure is not None:
+                    self._write_plan(self.failure)
+            except Exception as exc:  # noqa: BLE001 - a full disk must not hide the exit code
+                self.log.error("artifacts.failed", error=f"{type(exc).__name__}: "
+                               f"{first_line(mask_text(str(exc)))}")
             self.migrator.close()
             if self.journal is not None:
                 self.journal.close()
@@ -243,12 +295,72 @@ class UpgradeJob:
             write_termination_log(self.settings.termination_log, summary)
         return code
 
+    def _record_failure(self, error: SafeMigrateError | None,
+                        expected: list[str]) -> Failure:
+        self._reconnect_if_lost()
+        rec = self.migrator.current
+        heads = list(self.migrator.read_heads() or ())
+        message = error.message if error else None
+        if error is not None and error.data.get("kind") == VERIFICATION_FAILED:
+            failure = self.recorder.failure(status=VERIFICATION_FAILED, revision=None,
+                                            down_revision=None, path=None, heads=heads,
+                                            error=message, expected=expected)
+            failure.leftovers = self._invalid_leftovers(error.data.get("invalid") or [])
+            return failure
+        status = PARTIAL_APPLY if rec is not None and rec.partial else CLEAN_ROLLBACK
+        return self.recorder.failure(
+            status=status, revision=rec.revision if rec else None,
+            down_revision=rec.down_revision if rec else None, path=rec.path if rec else None,
+            heads=heads, error=message)
+
+    def _invalid_leftovers(self, invalid: list[dict[str, str]]) -> list[Recorded]:
+        from runner.db import objects
+
+        found = [Recorded("invalid_index", o["schema"], o["name"], o["table"]) for o in invalid]
+        if self.side is None:
+            return found
+        live = objects.definitions(self.side, found)
+        return [Recorded(o.kind, o.schema, o.name, o.table, definition=live.get(o.key, ""))
+                for o in found]
+
+    def _reconnect_if_lost(self) -> None:
+        """The server restarted under the run: the record is worth a new connection."""
+        side = self.side
+        if self.db is None or side is None or not (side.closed or side.broken):
+            return
+        try:
+            self.migrator.side = connect(self.db.url, timeout=self.settings.connect_timeout,
+                                         application_name="safe-migrate-monitor")
+        except SafeMigrateError:
+            return
+        self.recorder.use(self.migrator.side)
+
+    def _record_outcome(self, error: SafeMigrateError | None, code: ExitCode) -> None:
+        """The ledger row's end: outcome, steps, and what recovery needs."""
+        if self.recorder.ledger is None:
+            return
+        try:
+            self._reconnect_if_lost()
+            self.recorder.finish(
+                outcome=_outcome(code), exit_code=int(code),
+                error=mask_text(error.message) if error else None,
+                heads_before=list(self.migrator.db_heads_before or ()),
+                heads_after=list(self.migrator.read_heads() or ()),
+                steps=[r.to_dict() for r in self.migrator.records.values() if r.attempts],
+                recovery=self.failure.to_dict() if self.failure else None)
+        except (psycopg.Error, SafeMigrateError) as exc:
+            # The local artifacts still hold it all; recover falls back to them.
+            self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
+
     def _snapshot(self, name: str, label: str) -> str | None:
         if self.pg_dump is None or self.db is None:
             return None
         from runner.schema import snapshot
 
-        exclude = [(self.db.version_schema, self.db.version_table)]
+        # The runner's bookkeeping is no part of the schema (the ledger's default place
+        # even with --no-ledger: an earlier run may have created it).
+        exclude = [(self.db.version_schema, self.db.version_table),
+                   parse_table(self.settings.ledger_table, self.db.version_schema)]
         snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude,
                                       lock_wait_timeout=max(self.settings.lock_timeout, 5.0))
         self.artifacts.write_text(name, snap.text)
@@ -256,46 +368,31 @@ class UpgradeJob:
                       duration_ms=round(snap.seconds * 1000), bytes=len(snap.text))
         return snap.text
 
-    def _write_plan(self, error: SafeMigrateError | None, expected: list[str],
-                    after: str | None) -> None:
-        # Imported on failure only: a successful run's start-up is measured (benchmarks/).
+    def _write_plan(self, failure: Failure) -> None:
         from runner.recovery import plan as recovery
-        from runner.recovery.leftovers import find_leftovers
 
         rec = self.migrator.current
-        heads = list(self.migrator.read_heads() or ())
-        if error is not None and error.data.get("kind") == recovery.VERIFICATION_FAILED:
-            status = recovery.VERIFICATION_FAILED
-        elif rec is not None and rec.partial:
-            status = recovery.PARTIAL_APPLY
-        else:
-            status = recovery.CLEAN_ROLLBACK
-        leftovers: list[recovery.Leftover] = []
-        if status == recovery.PARTIAL_APPLY and self.side is not None:
-            # Against the schema right before the failed migration only: earlier ones in
-            # this run changed the schema legitimately.
-            base = self.pre_step.get(rec.revision) if rec else None
-            leftovers = find_leftovers(self.side, base, after)
         downgrade_sql = (downgrade_template(self.project, rec.revision, rec.down_revision)
-                         if rec is not None else None)
-        down_rev = rec.down_revision if rec and isinstance(rec.down_revision, str) else None
+                         if rec is not None and failure.status == PARTIAL_APPLY else None)
+        rollback_file = self.artifacts.directory.resolve() / "rollback.sql"
         plan = recovery.build_plan(
-            status=status, current=heads, failed_revision=rec.revision if rec else None,
-            failed_down_revision=down_rev, failed_path=rec.path if rec else None,
-            leftovers=leftovers, downgrade_sql=downgrade_sql,
-            config_hint=str(self.settings.config_file),
-            error=error.message if error else None, expected=expected)
+            failure, current=failure.heads, config_hint=str(self.settings.config_file),
+            downgrade_sql=downgrade_sql, psql_url=psql_url(self.db.url) if self.db else None,
+            rollback_file=str(rollback_file))
         self.artifacts.write_json("recovery-plan.json", plan.to_dict())
         self.artifacts.write_text("recovery-plan.md", recovery.render_markdown(plan))
         self.artifacts.write_text("rollback.sql", recovery.rollback_script(plan))
         self.log.warning("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
-                         leftovers=len(plan.leftover_objects), commands=plan.commands,
+                         leftovers=len(plan.leftover_objects),
+                         leftovers_known=plan.leftovers_known, commands=plan.commands,
                          file=str(self.artifacts.directory / "recovery-plan.md"))
 
     def _write_run(self, error: SafeMigrateError | None, *, final: bool = False,
                    running: str | None = None) -> None:
         code = (int(error.exit_code) if error else 0) if final else None
         db = self.db
+        identity = self.recorder.identity
+        ledger = self.recorder.ledger
         data = {
             "run_id": self.settings.run_id,
             "tool_version": __version__,
@@ -304,7 +401,9 @@ class UpgradeJob:
             "server_version": db.server_version if db else None,
             "database_url": mask(db.url) if db else (
                 mask(self.settings.database_url) if self.settings.database_url else None),
+            "database": identity.to_dict() if identity else None,
             "version_table": f"{db.version_schema}.{db.version_table}" if db else None,
+            "ledger": ledger.qualified if ledger else None,
             "config": str(self.settings.config_file),
             "target": self.settings.target,
             "started_at": self.started.isoformat(),
@@ -313,11 +412,48 @@ class UpgradeJob:
             "exit_code": code,
             "error": error.message if error else None,
             "running_revision": running,
+            "running": self.recorder.running if code is None else None,
             "heads_before": list(self.migrator.db_heads_before or ()),
             "migrations": [r.to_dict() for r in self.migrator.records.values() if r.attempts],
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
+            "recovery": self.failure.to_dict() if self.failure else None,
         }
         self.artifacts.write_json("run.json", data)
+
+
+def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:
+    """The IF NOT EXISTS trap: a pending migration that creates an index or constraint whose
+    name exists as an INVALID index / NOT VALID constraint would "succeed" over it."""
+    if not invalid:
+        return
+    for rec in pending:
+        source = read_source(rec.path)
+        for obj in invalid:
+            if creates_name(source, obj["name"]):
+                kind = "an INVALID index" if obj["kind"] == "invalid_index" else (
+                    "a NOT VALID constraint")
+                raise PreflightError(
+                    f"pending migration {rec.revision} creates {obj['name']}, which exists as "
+                    f"{kind} on {obj['schema']}.{obj['table']}: a re-run with IF NOT EXISTS "
+                    "would skip it and stamp the revision over it; run `safe-migrate recover`, "
+                    "or drop it (DROP INDEX CONCURRENTLY) / validate it first",
+                    revision=rec.revision, name=obj["name"])
+
+
+_CREATES = (r"create_index\(\s*(?:op\.f\(\s*)?['\"]{name}['\"]",
+            r"create_(?:unique|check|foreign_key|exclude|primary_key)_constraint\(\s*"
+            r"(?:op\.f\(\s*)?['\"]{name}['\"]",
+            r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+            r"\"?{name}\"?[\s(]",
+            r"ADD\s+CONSTRAINT\s+\"?{name}\"?\s")
+
+
+def creates_name(source: str, name: str) -> bool:
+    """Whether a revision's code creates an index or constraint called `name`."""
+    if name.lower() not in source.lower():
+        return False  # the common case, without a pattern
+    escaped = re.escape(name)
+    return any(re.search(p.format(name=escaped), source, re.I) for p in _CREATES)
 
 
 def _outcome(code: ExitCode) -> str:

@@ -15,6 +15,7 @@ retried by re-running env.py: the version table says where to resume.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ from runner.errors import (
     InterruptedRunError,
     MigrationFailedError,
     PartialApplyError,
+    PreflightError,
     SafeMigrateError,
 )
 from runner.logging import quiet_alembic
@@ -78,6 +80,8 @@ class MigrationRecord:
     blockers: list[dict[str, Any]] = field(default_factory=list)
     partial: bool = False
     started_at: float | None = None
+    # The migration ran its own COMMIT/ROLLBACK inside a transactional step.
+    broke_transaction: bool = False
 
     @property
     def transactional(self) -> bool:
@@ -96,6 +100,7 @@ class MigrationRecord:
             "outcome": self.outcome,
             "error": self.error,
             "blockers": self.blockers,
+            "committed_part": self.partial,
         }
 
 
@@ -155,6 +160,12 @@ class Migrator:
         self.db_heads_before: tuple[str, ...] | None = None
         self._configured = False
         self._started = False
+        self._pid: int | None = None  # the migration session's backend
+        self._autocommit = False  # env.py's connection runs every statement in AUTOCOMMIT
+        self._in_step: MigrationRecord | None = None  # the transactional step running now
+        self._timeouts = (f"SET lock_timeout = '{to_postgres_ms(settings.lock_timeout)}'; "
+                          "SET statement_timeout = "
+                          f"'{to_postgres_ms(settings.statement_timeout)}'")
 
     # -- public -------------------------------------------------------------------------
     def run(self) -> None:
@@ -170,6 +181,11 @@ class Migrator:
                 self._attempt_with_connect_retries()
 
     @property
+    def pid(self) -> int | None:
+        """The migration session's backend pid, once env.py connected."""
+        return self._pid
+
+    @property
     def applied(self) -> list[MigrationRecord]:
         return [r for r in self.records.values() if r.outcome == "applied"]
 
@@ -178,10 +194,12 @@ class Migrator:
         rec = self.current if self.current and self.current.outcome != "applied" else None
         if rec is None:
             return self._failure_outside_migration(exc)
-        if rec.outcome == "running" and isinstance(exc, SafeMigrateError):
-            return exc  # the runner's own step before the migration (its pre-step snapshot)
+        if isinstance(exc, PartialApplyError) or (
+                rec.outcome == "running" and isinstance(exc, SafeMigrateError)):
+            return exc  # the runner's own check (a broken transaction, its pre-step record)
         info = rec.error or error_info(exc)
         where = f"migration {rec.revision}"
+        rec.partial = rec.partial or rec.broke_transaction  # its own COMMIT/ROLLBACK
         if rec.partial:
             rec.outcome = "partial"
             return PartialApplyError(
@@ -275,14 +293,21 @@ class Migrator:
         if connection.in_transaction():
             connection.commit()
         self._configured = True
+        # An env.py engine with isolation_level="AUTOCOMMIT" (Dagster's, say): every
+        # statement commits on its own, so no step is transactional, whatever its source.
+        self._autocommit = (
+            connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            or getattr(connection.connection.dbapi_connection, "autocommit", False) is True)
         exec_ = connection.exec_driver_sql
-        exec_(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
-        exec_(f"SET statement_timeout = '{to_postgres_ms(self.settings.statement_timeout)}'")
+        exec_(self._timeouts)  # again at every step's start (begin_step): see there
         exec_("SET application_name = 'safe-migrate-migration'")
         self._pid = int(exec_("SELECT pg_backend_pid()").scalar_one())
         target = where_env_py_connects(connection, opts)
-        connection.commit()
-        event.listen(connection, "before_cursor_execute", self._refuse_when_interrupted)
+        if connection.in_transaction():
+            connection.commit()
+        event.listen(connection, "before_cursor_execute", self._before_statement)
+        event.listen(connection, "commit", self._transaction_ended)
+        event.listen(connection, "rollback", self._transaction_ended)
         if self.db is None:
             self._open_side(target)
 
@@ -305,14 +330,24 @@ class Migrator:
         self.monitor.start()
         self.hooks.connected(self.db, self.side)
 
-    def _refuse_when_interrupted(self, *_: Any) -> None:
+    def _before_statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted: no further statements are sent")
+        rec = self._in_step
+        if rec is not None and ends_transaction(statement):
+            rec.broke_transaction = True
+
+    def _transaction_ended(self, *_: Any) -> None:
+        # connection.commit()/rollback() called by the migration itself, inside its step.
+        if self._in_step is not None:
+            self._in_step.broke_transaction = True
 
     def _steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[RevisionStep]:
         check_database_revisions(self.history, tuple(heads))
         steps: list[RevisionStep] = list(
             self.project.script._upgrade_revs(self.target, heads))  # type: ignore[arg-type]
+        if not steps and not self._started:
+            check_not_behind(self.history, self.target, tuple(heads))
         if not self._started:
             self._started = True
             self.db_heads_before = tuple(heads)
@@ -329,6 +364,18 @@ class Migrator:
             # Reached only once alembic committed the step (version row included).
             rec.outcome = "applied"
             rec.duration_ms = _ms_since(rec.started_at)
+            if rec.broke_transaction:
+                rec.outcome = "partial"
+                rec.partial = True
+                self.current = rec
+                self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
+                               partial=True, duration_ms=rec.duration_ms,
+                               reason="ran its own COMMIT or ROLLBACK")
+                raise PartialApplyError(
+                    f"migration {rec.revision} ran its own COMMIT or ROLLBACK inside its "
+                    "transaction: what it did is no longer one unit (part of it may have been "
+                    "undone or committed apart from the version row); it is recorded as "
+                    "applied, but check it: see the recovery plan", revision=rec.revision)
             self.log.info("migration.done", revision=rec.revision, duration_ms=rec.duration_ms,
                           attempts=rec.attempts, lock_wait_ms=rec.lock_wait_ms)
 
@@ -339,7 +386,9 @@ class Migrator:
         return MigrationRecord(
             revision=script.revision,
             down_revision=list(down) if isinstance(down, (tuple, list)) else down,
-            path=script.path, non_transactional_reasons=non_transactional_reasons(source))
+            path=script.path, non_transactional_reasons=(
+                ["env.py's connection is AUTOCOMMIT"] if self._autocommit
+                else non_transactional_reasons(source)))
 
     def _wrap(self, fn: Callable[..., None], rec: MigrationRecord,
               context: MigrationContext) -> Callable[..., None]:
@@ -356,24 +405,28 @@ class Migrator:
             assert context.connection is not None and self.monitor is not None
             # The step's transaction id tells later whether anything of the step committed
             # before a failure (autocommit_block, a raw COMMIT...).
-            xid = begin_step(context.connection)
+            xid = begin_step(context.connection, self._timeouts)
             rec.started_at = time.monotonic()
             self.log.info("migration.start", revision=rec.revision,
                           down_revision=rec.down_revision, attempt=rec.attempts,
                           transactional=rec.transactional)
+            assert self._pid is not None
             self.monitor.watch(self._pid)
+            self._in_step = rec if rec.transactional else None
             try:
                 fn(**kw)
             except BaseException as exc:
+                self._in_step = None
                 rec.outcome = "failed"
                 rec.error = error_info(exc)
-                rec.partial = self._committed(xid, rec)
+                rec.partial = self._committed(xid, rec) or rec.broke_transaction
                 self._finish_watch(rec)
                 rec.duration_ms = _ms_since(rec.started_at)
                 self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
                                partial=rec.partial, duration_ms=rec.duration_ms, **rec.error,
                                blocking_pids=[b["pid"] for b in rec.blockers])
                 raise
+            self._in_step = None
             self._finish_watch(rec)
 
         return run_step
@@ -410,6 +463,36 @@ class Migrator:
             return env_py_failure(exc)
         return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                 f"{first_line(mask_text(str(exc)))}")
+
+
+# A statement that ends the transaction it runs in (not ROLLBACK TO SAVEPOINT).
+_ENDS_TRANSACTION = re.compile(
+    r"(?:^|;)\s*(?:COMMIT|END|ABORT|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))"
+    r"(?:\s+(?:WORK|TRANSACTION))?\s*(?:;|$)", re.I)
+
+
+def ends_transaction(statement: str) -> bool:
+    lowered = statement.lower()
+    if not any(word in lowered for word in ("commit", "rollback", "end", "abort")):
+        return False  # the common case, ~20x cheaper than the pattern
+    return _ENDS_TRANSACTION.search(statement) is not None
+
+
+def check_not_behind(history: History, target: str, heads: tuple[str, ...]) -> None:
+    """Nothing to apply, yet the database is not at the target: the target is behind it (or
+    on another branch). Alembic does nothing then; upgrade refuses (exit 3)."""
+    if target in ("head", "heads"):
+        return
+    try:
+        wanted = {s.revision for s in history.script.get_revisions(target) if s is not None}
+    except Exception:  # noqa: BLE001 - a form alembic resolves only with the heads: its call
+        return
+    if wanted <= set(heads) and (wanted or not heads):
+        return  # already there ("base" on an empty database included)
+    raise PreflightError(
+        f"the database is at {', '.join(heads) or 'base'}, past or beside target {target}: "
+        "upgrade never downgrades (use `alembic downgrade` deliberately, after review)",
+        heads=list(heads), target=target)
 
 
 def _describe(info: dict[str, Any]) -> str:

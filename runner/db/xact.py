@@ -15,12 +15,18 @@ from sqlalchemy.engine import Connection
 XID_QUERY = "SELECT pg_current_xact_id()::text"
 
 
-def begin_step(connection: Connection) -> str:
-    """Begin the DBAPI transaction the step runs in; return its transaction id."""
+def begin_step(connection: Connection, settings: str) -> str:
+    """Begin the DBAPI transaction the step runs in, apply `settings` (the run's SETs) in it,
+    and return its transaction id.
+
+    The SETs ride in the same message: every step starts with the run's lock_timeout and
+    statement_timeout, whatever an earlier migration set (`SET lock_timeout = 0`).
+    """
     raw = connection.connection.driver_connection
     if (isinstance(raw, psycopg.Connection) and not raw.autocommit
             and raw.info.transaction_status == TransactionStatus.IDLE):
-        result = raw.pgconn.exec_(begin_command(raw) + b"; " + XID_QUERY.encode())
+        result = raw.pgconn.exec_(begin_command(raw) + b"; " + settings.encode() + b"; "
+                                  + XID_QUERY.encode())
         value = result.get_value(0, 0) if result.status == ExecStatus.TUPLES_OK else None
         if value is not None:
             return value.decode()
@@ -28,6 +34,7 @@ def begin_step(connection: Connection) -> str:
             raw.pgconn.exec_(b"ROLLBACK")  # BEGIN went through, the query did not
     # Any other driver or state, or the fast path failed: the ordinary path, which also
     # raises the error SQLAlchemy would (a dead connection is an OperationalError).
+    connection.exec_driver_sql(settings)
     return str(connection.exec_driver_sql(XID_QUERY).scalar_one())
 
 

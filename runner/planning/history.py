@@ -133,6 +133,16 @@ def pending(history: History, db_heads: tuple[str, ...], target: str) -> list[Sc
     return [step.revision for step in steps]
 
 
+def applied(script: ScriptDirectory, heads: tuple[str, ...] | list[str], revision: str) -> bool:
+    """Whether the database at `heads` has `revision` (it or a descendant is applied)."""
+    if not heads:
+        return False
+    try:
+        return any(s.revision == revision for s in script.iterate_revisions(tuple(heads), "base"))
+    except Exception:  # noqa: BLE001 - an unknown head: nothing can be vouched for
+        return False
+
+
 def revision_source(script: Script) -> str:
     """The revision file's text ("" if it cannot be read: the markers then find nothing)."""
     try:

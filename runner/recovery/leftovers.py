@@ -1,5 +1,10 @@
-"""What a partial apply left behind: the schema diff since right before the failed migration,
-plus what only the catalog knows (an invalid index looks like a valid one in pg_dump)."""
+"""Which of the objects that appeared during a failed step are the step's own.
+
+The catalog says what is new since the pre-step record; it cannot say who made it. An object
+the failed revision's code names is attributed to it (recovery may drop it); anything else
+that appeared meanwhile (the application's table, a DBA's index) is reported and never
+touched. A name the code builds at run time is reported too: safe, and said so in the plan.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,27 @@ from typing import Any
 
 import psycopg
 
-from runner.db import catalog
-from runner.recovery.plan import Leftover
-from runner.schema import snapshot
+from runner.db import objects
+from runner.db.objects import Existing, Recorded
 
 
-def find_leftovers(conn: psycopg.Connection[Any], before: str | None,
-                   after: str | None) -> list[Leftover]:
-    found: dict[tuple[str, str, str], Leftover] = {}
-    for index in catalog.invalid_indexes(conn):
-        obj = snapshot.SchemaObject("index", index["schema"], index["name"], index["table"])
-        found[("index", index["schema"], index["name"])] = Leftover(
-            "invalid_index", index["schema"], index["name"], index["table"], obj.drop_sql())
-    if before is not None and after is not None:
-        for obj in snapshot.created_objects(before, after):
-            schema = obj.schema or "public"
-            found.setdefault((obj.kind, schema, obj.name),
-                             Leftover(obj.kind, schema, obj.name, obj.table, obj.drop_sql()))
-    for con in catalog.not_valid_constraints(conn):
-        key = ("constraint", con["schema"], con["name"])
-        if key in found:
-            continue  # created by the failed migration: its DROP is already planned
-        table = snapshot.SchemaObject("table", con["schema"], con["table"]).qualified
-        found[key] = Leftover(
-            "not_valid_constraint", con["schema"], con["name"], con["table"],
-            f"-- NOT VALID constraint {con['name']} on {con['schema']}.{con['table']}: run "
-            f"ALTER TABLE {table} VALIDATE CONSTRAINT {snapshot.quote_ident(con['name'])}; "
-            "when the data allows, or drop it")
-    return list(found.values())
+def _name_in_code(obj: Recorded) -> str:
+    # An enum value is recorded as its SQL literal ('sad'): the code names the label.
+    if obj.kind == "enum_value":
+        return obj.name[1:-1].replace("''", "'")
+    return obj.name
+
+
+def attribute(found: list[Recorded], source: str) -> tuple[list[Recorded], list[Recorded]]:
+    """(named by the revision's code, not named). Case-insensitive: PostgreSQL folds
+    unquoted names to lower case."""
+    code = source.lower()
+    mine = [obj for obj in found if _name_in_code(obj).lower() in code]
+    others = [obj for obj in found if _name_in_code(obj).lower() not in code]
+    return mine, others
+
+
+def record(conn: psycopg.Connection[Any], before: Existing,
+           source: str) -> tuple[list[Recorded], list[Recorded]]:
+    """What the failed step left: (its own, others that appeared meanwhile)."""
+    return attribute(objects.created_since(conn, before), source)

@@ -170,6 +170,13 @@ def dump_schema(pg_dump: Path, url: URL, *, exclude_tables: Sequence[TableName],
         message = f"pg_dump failed (exit {result.returncode}): {stderr}"
         if _CONNECTION_LOST.search(stderr) and "does not exist" not in stderr:
             raise DatabaseUnreachableError(message, returncode=result.returncode, stderr=stderr)
+        if "permission denied" in stderr:
+            # The role cannot read (LOCK) a table: configuration, no retry fixes it.
+            raise UsageError(f"{message}; grant the role SELECT on it, or pass "
+                             "--no-schema-diff", returncode=result.returncode)
+        if "could not obtain lock" in stderr or "lock timeout" in stderr:
+            # Another session holds a lock pg_dump needs: retry-safe, like a busy database.
+            raise DatabaseUnreachableError(message, returncode=result.returncode, stderr=stderr)
         raise SnapshotError(message, returncode=result.returncode, stderr=stderr)
     return result.stdout.decode("utf-8", errors="replace")
 

@@ -15,6 +15,7 @@ from support import (
     cli_args,
     json_events,
     open_transaction,
+    run_dir,
     spawn,
     tables_of,
     version_of,
@@ -47,7 +48,7 @@ def test_happy_path_then_idempotent_rerun(make_project, db, sql, run_cli, tmp_pa
     done = events_named(logs, "run.done")[-1]
     assert (done["outcome"], done["exit_code"], done["applied"]) == ("success", 0, 5)
     assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
-    run = json.loads((tmp_path / "a1" / "run.json").read_text())
+    run = json.loads((run_dir(tmp_path / "a1") / "run.json").read_text())
     assert run["exit_code"] == 0 and [m["outcome"] for m in run["migrations"]] == ["applied"] * 5
     assert "password" not in json.dumps(run)
 
@@ -69,7 +70,7 @@ def test_failure_in_third_of_five_rolls_back_alone(make_project, db, sql, run_cl
     assert tables_of(sql) == {"t1", "t2"}  # r3's table was rolled back with it
     failed = events_named(logs, "migration.failed")[-1]
     assert failed["revision"] == "r3" and failed["sqlstate"] == "42P01" and not failed["partial"]
-    plan = json.loads((tmp_path / "a" / "recovery-plan.json").read_text())
+    plan = json.loads((run_dir(tmp_path / "a") / "recovery-plan.json").read_text())
     assert plan["status"] == "clean-rollback"
     assert plan["failed_revision"] == "r3" and plan["stamp_target"] == "r2"
     assert plan["leftover_objects"] == [] and plan["rollback_sql"] == []
@@ -95,7 +96,7 @@ def test_blocked_migration_is_retried_until_the_blocker_ends(make_project, db, s
     assert retries and all(e["revision"] == "r2" and e["sqlstate"] == "55P03" for e in retries)
     assert pid in retries[0]["blocking_pids"]
     assert "SELECT * FROM hot" in retries[0]["blockers"][0]["query"]
-    run = json.loads((tmp_path / "a1" / "run.json").read_text())
+    run = json.loads((run_dir(tmp_path / "a1") / "run.json").read_text())
     assert run["migrations"][0]["attempts"] == len(retries) + 1
     assert run["migrations"][0]["lock_wait_ms"] > 0
 
@@ -107,7 +108,7 @@ def test_retries_exhausted_exit_5_naming_the_blocker(make_project, db, sql, run_
                                 artifacts=tmp_path / "a1"))
     assert code == 5
     assert len(events_named(logs, "migration.retry")) == 1
-    plan = json.loads((tmp_path / "a1" / "recovery-plan.json").read_text())
+    plan = json.loads((run_dir(tmp_path / "a1") / "recovery-plan.json").read_text())
     assert f"pid {pid}" in plan["error"]
     assert version_of(sql) == ["r1"] and advisory_locks(sql) == 0
 
@@ -167,7 +168,7 @@ def test_sigterm_mid_migration_rolls_back_and_frees_the_lock(make_project, db, s
     assert time.monotonic() - sent < 5
     assert version_of(sql) == ["r1"] and tables_of(sql) == {"t1"}
     assert advisory_locks(sql) == 0
-    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    run = json.loads((run_dir(tmp_path / "a") / "run.json").read_text())
     assert run["exit_code"] == 8 and run["migrations"][-1]["outcome"] == "interrupted"
 
 
@@ -317,7 +318,7 @@ def test_drift_refused_after_manual_alter_table(make_project, db, sql, run_cli, 
     with capture_logs() as logs:
         assert run_cli(cli_args(project, db, "--expected-schema", str(schemas),
                                 artifacts=art)) == 3
-    assert "sneaky" in (art / "schema-drift.diff").read_text()
+    assert "sneaky" in (run_dir(art) / "schema-drift.diff").read_text()
     assert events_named(logs, "preflight.failed")
     assert version_of(sql) == ["r2"] and "t3" not in tables_of(sql)
     assert run_cli(cli_args(project, db, "--expected-schema", str(schemas), "--allow-drift",
@@ -339,37 +340,32 @@ def test_stderr_is_json_lines_only_with_the_default_lint(make_project, db, sql, 
     assert version_of(sql) == ["r2"]
 
 
-def test_pg_dump_refused_before_a_step_is_exit_7_and_the_step_never_starts(
-        make_project, db, server, sql, tmp_path):
-    """The pre-step snapshot of a non-transactional migration cannot connect (here: the
-    database stops accepting new connections while r1 runs): retry-safe exit 7, not a failed
-    migration, and r2 never starts."""
-    name = db.database
+def test_a_lost_side_session_before_a_step_is_exit_7_and_the_step_never_starts(
+        make_project, db, sql, tmp_path):
+    """The catalog record before a non-transactional migration cannot be taken (the runner's
+    own session was terminated while r1 ran): retry-safe exit 7, not a failed migration, and
+    r2, which could have left part of itself behind unrecorded, never starts."""
     project = make_project([
         ("r1", "op.execute('SELECT pg_sleep(1.5)')"),
         ("r2", "with op.get_context().autocommit_block():\n"
                "    op.execute('CREATE TABLE IF NOT EXISTS t2 (id int)')"),
     ])
     proc = spawn(cli_args(project, db, "--lint", "off", artifacts=tmp_path / "a"))
-    try:
-        deadline = time.monotonic() + 30
-        while not sql("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND "
-                      "application_name = 'safe-migrate-migration' AND "
-                      "query LIKE 'SELECT pg_sleep%%'"):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
-        with psycopg.connect(**libpq_kwargs(server.url), autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        code = proc.wait(60)
-    finally:
-        with psycopg.connect(**libpq_kwargs(server.url), autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + 30
+    while not sql("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND "
+                  "application_name = 'safe-migrate-migration' AND "
+                  "query LIKE 'SELECT pg_sleep%%'"):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "application_name = 'safe-migrate-monitor' AND datname = current_database()")
+    code = proc.wait(60)
     events = json_events(proc.stderr.read())
     assert code == 7
     assert [e["revision"] for e in events if e["event"] == "migration.done"] == ["r1"]
     assert [e["revision"] for e in events if e["event"] == "migration.start"] == ["r1"]
     error = [e for e in events if e["event"] == "error"][-1]
-    assert "pg_dump failed" in error["message"] and "not currently accepting" in error["message"]
+    assert "before migration r2" in error["message"]
     assert version_of(sql) == ["r1"] and "t2" not in tables_of(sql)
 
 

@@ -15,6 +15,8 @@ from support import libpq
 
 from runner.db.xact import begin_command, begin_step
 
+SETTINGS = "SET lock_timeout = '1234ms'; SET statement_timeout = '0'"
+
 
 @pytest.fixture
 def connect(db: URL) -> Iterator[Any]:
@@ -39,7 +41,7 @@ def _status(connection: Connection) -> TransactionStatus:
 def test_the_id_is_that_of_the_transaction_the_step_runs_in(connect):
     with connect() as connection, connection.begin():
         assert _status(connection) == TransactionStatus.IDLE  # SQLAlchemy sent nothing yet
-        xid = begin_step(connection)
+        xid = begin_step(connection, SETTINGS)
         assert _status(connection) == TransactionStatus.INTRANS
         connection.exec_driver_sql("CREATE TABLE t (id int)")
         # Same transaction: psycopg saw it open and sent no BEGIN of its own.
@@ -53,7 +55,7 @@ def test_the_id_is_that_of_the_transaction_the_step_runs_in(connect):
 def test_a_rolled_back_step_leaves_its_id_aborted(connect):
     with connect() as connection:
         transaction = connection.begin()
-        xid = begin_step(connection)
+        xid = begin_step(connection, SETTINGS)
         connection.exec_driver_sql("CREATE TABLE t (id int)")
         transaction.rollback()
         assert connection.exec_driver_sql(
@@ -67,7 +69,7 @@ def test_a_rolled_back_step_leaves_its_id_aborted(connect):
 ])
 def test_the_engine_isolation_level_is_kept(connect, options, expected):
     with connect(**options) as connection, connection.begin():
-        begin_step(connection)
+        begin_step(connection, SETTINGS)
         assert connection.exec_driver_sql(
             "SELECT current_setting('transaction_isolation'), "
             "current_setting('transaction_read_only')").one() == expected
@@ -90,7 +92,7 @@ def test_begin_command_spells_what_psycopg_would_send(db):
 def test_an_already_open_transaction_is_the_one_reported(connect):
     with connect() as connection, connection.begin():
         connection.exec_driver_sql("SELECT 1")  # psycopg began the transaction itself
-        xid = begin_step(connection)
+        xid = begin_step(connection, SETTINGS)
         assert connection.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar() == xid
 
 
@@ -100,7 +102,7 @@ def test_a_dead_connection_raises_sqlalchemys_operational_error(connect, sql):
         connection.commit()
         sql("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(sqlalchemy.exc.OperationalError), connection.begin():
-            begin_step(connection)
+            begin_step(connection, SETTINGS)
 
 
 def test_a_failing_query_after_begin_raises_its_own_error(connect, monkeypatch):
@@ -108,5 +110,15 @@ def test_a_failing_query_after_begin_raises_its_own_error(connect, monkeypatch):
     monkeypatch.setattr("runner.db.xact.XID_QUERY", "SELECT 1/0")
     with connect() as connection, pytest.raises(sqlalchemy.exc.DataError) as caught, \
             connection.begin():
-        begin_step(connection)
+        begin_step(connection, SETTINGS)
     assert isinstance(caught.value.orig, psycopg.errors.DivisionByZero)
+
+
+def test_the_run_settings_apply_in_the_step_whatever_was_set_before(connect):
+    """A migration's `SET lock_timeout = 0` must not carry over into the next step."""
+    with connect() as connection:
+        connection.exec_driver_sql("SET lock_timeout = 0")
+        connection.commit()
+        with connection.begin():
+            begin_step(connection, SETTINGS)
+            assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "1234ms"

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from support import advisory_locks, cli_args, open_transaction, spawn, tables_of, version_of
+from support import (
+    advisory_locks,
+    cli_args,
+    open_transaction,
+    run_dir,
+    spawn,
+    tables_of,
+    version_of,
+)
 
 FAIL_SWITCH = "if os.environ.get('SM_FAIL'):\n    raise RuntimeError('failing on purpose')"
 
 
 def plan_of(directory: Path) -> dict:
-    return json.loads((directory / "recovery-plan.json").read_text())
+    return json.loads((run_dir(directory) / "recovery-plan.json").read_text())
 
 
 def recover_and_upgrade(project, db, sql, run_cli, tmp_path, artifacts: Path) -> None:
@@ -53,7 +61,7 @@ def test_cic_cancelled_by_lock_timeout_leaves_invalid_index(make_project, db, sq
     assert plan["rollback_sql"] == ['DROP INDEX CONCURRENTLY IF EXISTS "public"."ix_items_name";']
     assert any("recover" in c and "--execute" in c for c in plan["commands"])
     assert "Running downgrade r2 -> r1" in (plan["downgrade_sql_template"] or "")
-    assert "partial-apply" in (art / "recovery-plan.md").read_text()
+    assert "partial-apply" in (run_dir(art) / "recovery-plan.md").read_text()
     recover_and_upgrade(project, db, sql, run_cli, tmp_path, art)
     assert version_of(sql) == ["r2"]
     assert sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_items_name'::regclass") == [
@@ -231,7 +239,7 @@ def test_recover_trusts_the_version_table_over_a_stale_journal(make_project, db,
                "    op.create_index('ix_t1', 't1', ['id'], postgresql_concurrently=True)")])
     art = tmp_path / "a"
     assert run_cli(cli_args(project, db, artifacts=art)) == 0
-    run_file = art / "run.json"
+    run_file = run_dir(art) / "run.json"
     run = json.loads(run_file.read_text())
     run.update(outcome="running", exit_code=None, running_revision="r2")
     run["migrations"][-1]["outcome"] = "running"  # the journal as the kill left it

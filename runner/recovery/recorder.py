@@ -1,0 +1,119 @@
+"""What an upgrade records for recovery while it runs: its ledger row, the catalog before each
+non-transactional step, and, when a step fails, what that step left behind.
+
+Framework-neutral: it sees steps (revision, transactional, source path), a psycopg side
+connection and the version table, never Alembic itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from runner.db import ledger as ledger_mod
+from runner.db import objects
+from runner.db.ledger import Identity, Ledger
+from runner.errors import PreflightError
+from runner.recovery import leftovers
+from runner.recovery.plan import PARTIAL_APPLY, Failure
+
+
+def read_source(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+class Recorder:
+    def __init__(self, run_id: str, *, log: Any) -> None:
+        self.run_id = run_id
+        self.log = log
+        self.conn: psycopg.Connection[Any] | None = None
+        self.identity: Identity | None = None
+        self.ledger: Ledger | None = None
+        self.pre_step: dict[str, objects.Existing] = {}
+        self.running: dict[str, Any] | None = None
+
+    def open(self, conn: psycopg.Connection[Any], *, version_schema: str, version_table: str,
+             ledger_table: str | None, use_ledger: bool, command: str, target: str | None,
+             database_url: str, tool_version: str) -> None:
+        """Under the advisory lock: the database's identity, and this run's ledger row."""
+        self.conn = conn
+        self.identity = ledger_mod.identity(conn)
+        if not use_ledger:
+            return
+        schema, table = ledger_mod.parse_table(ledger_table, version_schema)
+        self.ledger = Ledger(conn, schema, table, self.identity,
+                             f"{version_schema}.{version_table}")
+        self.ledger.ensure()
+        self.ledger.start(self.run_id, command, target=target, database_url=database_url,
+                          tool_version=tool_version)
+
+    def use(self, conn: psycopg.Connection[Any]) -> None:
+        """A new connection, when the server went away under the old one (a restart)."""
+        self.conn = conn
+        if self.ledger is not None:
+            self.ledger.conn = conn
+
+    def check_unresolved(self, is_applied: Callable[[str], bool]) -> None:
+        """Exit 3 while an earlier failure is unresolved: its leftovers are still there, and
+        a re-run would fail on them or, worse, succeed over them (IF NOT EXISTS)."""
+        if self.ledger is None:
+            return
+        for row in self.ledger.unresolved(own=self.run_id):
+            running = row.get("running") or {}
+            if row["outcome"] == "running" and is_applied(str(running.get("revision"))):
+                continue  # it died after that step committed: nothing of it is left
+            revision = (row.get("recovery") or {}).get("failed_revision") or running.get(
+                "revision")
+            raise PreflightError(
+                f"run {row['run_id']} ({row['outcome']}, revision {revision}) left a partial "
+                f"apply that is not resolved (ledger {self.ledger.qualified}): run "
+                "`safe-migrate recover` to see and undo it, or `safe-migrate recover "
+                "--mark-resolved` once fixed by hand", run_id=row["run_id"])
+        self.ledger.close_dead_runs(self.run_id)
+
+    def before_step(self, revision: str, down_revision: Any, path: str, attempt: int,
+                    pid: int | None) -> None:
+        """Right before a non-transactional step: the catalog as it is (milliseconds), in
+        the ledger before the step can commit anything (one round trip)."""
+        assert self.conn is not None
+        before = objects.existing(self.conn)
+        self.pre_step[revision] = before
+        self.running = {"revision": revision, "down_revision": down_revision, "path": path,
+                        "transactional": False, "attempt": attempt, "pid": pid,
+                        "pre_step": before.to_dict()}
+        if self.ledger is not None:
+            self.ledger.update(self.run_id, running=self.running)
+
+    def failure(self, *, status: str, revision: str | None, down_revision: Any,
+                path: str | None, heads: list[str], error: str | None,
+                expected: list[str] | None = None) -> Failure:
+        """Right after the failure, on the runner's own connection: what the step left."""
+        failure = Failure(run_id=self.run_id, status=status, failed_revision=revision,
+                          down_revision=down_revision, path=path, heads=heads, error=error,
+                          expected=expected)
+        if status != PARTIAL_APPLY:
+            return failure
+        before = self.pre_step.get(revision or "")
+        if before is None or self.conn is None:
+            failure.leftovers_known = False
+            return failure
+        try:
+            failure.leftovers, failure.unattributed = leftovers.record(
+                self.conn, before, read_source(path))
+        except psycopg.Error as exc:
+            self.log.error("recovery.record_failed", error=str(exc).splitlines()[0])
+            failure.leftovers_known = False
+        return failure
+
+    def finish(self, **fields: Any) -> None:
+        if self.ledger is not None:
+            self.ledger.finish(self.run_id, **fields)
+
