@@ -11,19 +11,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from alembic.script import Script
 from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util.exc import CommandError
+from sqlalchemy.engine import Connection
 
 from runner import lint
-from runner.db.connect import first_line
-from runner.db.probe import probe
+from runner.db.connect import connect, first_line
+from runner.db.probe import ProbeResult, probe
 from runner.errors import LintUnavailableError, PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
 from runner.planning.history import (
     History,
+    applied,
     check_database_revisions,
+    check_not_behind,
     check_target,
     load_history,
     pending,
@@ -31,6 +35,7 @@ from runner.planning.history import (
 )
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
+from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
 from runner.settings import LINT_MODES, Settings, add_lint_argument
 from runner.urls import mask, mask_text
 
@@ -118,6 +123,8 @@ def _preflight(settings: Settings, args: argparse.Namespace, project: Project, h
     except (CommandError, RevisionError) as exc:
         raise PreflightError(f"cannot plan {list(current) or 'base'} -> {settings.target}: "
                              f"{first_line(str(exc))}") from None
+    if not steps:
+        check_not_behind(history, settings.target, current)  # upgrade never downgrades
     doc["current"] = list(current)
     doc["preflight"] = {"ok": True, "error": None}
     log.info("preflight.ok", current=list(current), pending=len(steps), target=settings.target)
@@ -137,8 +144,16 @@ def _resolve_from(history: History, rev: str) -> tuple[str, ...]:
 def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str, ...]:
     """The database's revisions, read-only, from the version table env.py names (env.py runs
     online as `alembic current` runs it: nothing is created)."""
+    open_runs: list[PastRun] = []
+    origin: list[str] = []
+
+    def read_ledger(connection: Connection, found: ProbeResult) -> None:
+        raw = connection.connection.driver_connection
+        if isinstance(raw, psycopg.Connection):  # read-only, inside env.py's transaction
+            origin.append(_unresolved(raw, found, settings, open_runs))
+
     try:
-        found = probe(project, settings.database_url)
+        found = probe(project, settings.database_url, read=read_ledger)
     except UsageError:
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):
@@ -148,7 +163,28 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
     log.info("database", url=mask(found.url),
              version_table=f"{found.version_schema}.{found.version_table}",
              heads=list(found.heads))
+    if not origin:  # env.py's driver is not psycopg 3: a connection of our own
+        with connect(found.url, timeout=settings.connect_timeout,
+                     application_name="safe-migrate-plan") as conn:
+            origin.append(_unresolved(conn, found, settings, open_runs))
+    blocking = still_open(open_runs, lambda rev: applied(project.script, found.heads, rev))
+    if blocking:
+        raise refusal(blocking[0], origin[0])  # upgrade would refuse to start
     return found.heads
+
+
+def _unresolved(conn: psycopg.Connection[Any], found: ProbeResult, settings: Settings,
+                into: list[PastRun]) -> str:
+    """The run ledger's unresolved failures (upgrade refuses while there is one)."""
+    if not settings.ledger:
+        return "no ledger"
+    history = RunHistory.open(conn, version_schema=found.version_schema,
+                              version_table=found.version_table,
+                              ledger_table=settings.ledger_table, use_ledger=True,
+                              artifacts_root=settings.artifacts_root)
+    if history.ledger is not None:
+        into.extend(history.unresolved())
+    return history.origin
 
 
 def _describe(project: Project, history: History, current: tuple[str, ...],

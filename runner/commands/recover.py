@@ -36,7 +36,7 @@ from runner.project import Project, load_project
 from runner.recovery import leftovers
 from runner.recovery import plan as recovery
 from runner.recovery.recorder import read_source
-from runner.recovery.runs import PastRun, RunHistory
+from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import psql_url
 
@@ -74,12 +74,9 @@ class Recovery:
 
     def unresolved(self) -> PastRun | None:
         heads = self.heads()
-        for run in self.history.unresolved():
-            if run.outcome == "running" and applied(self.project.script, heads,
-                                                     str(run.running.get("revision"))):
-                continue  # it died after that step committed: nothing of it is left
-            return run
-        return None
+        runs = still_open(self.history.unresolved(),
+                          lambda rev: applied(self.project.script, heads, rev))
+        return runs[0] if runs else None
 
     def last_clean_failure(self) -> PastRun | None:
         runs = self.history.runs()

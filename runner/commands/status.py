@@ -18,7 +18,7 @@ from runner.logging import get_logger
 from runner.planning.history import applied, load_history, unknown_revisions
 from runner.planning.history import pending as _pending
 from runner.project import load_project
-from runner.recovery.runs import PastRun, RunHistory
+from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import mask
 
@@ -74,9 +74,8 @@ def collect(settings: Settings) -> dict[str, Any]:
     unknown = unknown_revisions(history, tuple(current))
     pending = [] if unknown else [s.revision for s in _pending(history, tuple(current), "heads")]
     last = reading.runs[0] if reading.runs else None
-    unresolved = [run for run in reading.unresolved
-                  if not (run.outcome == "running" and applied(
-                      history.script, current, str(run.running.get("revision"))))]
+    unresolved = still_open(reading.unresolved,
+                            lambda rev: applied(history.script, current, rev))
     return {
         "database_url": mask(found.url),
         "version_table": f"{found.version_schema}.{found.version_table}",

@@ -49,11 +49,15 @@ from runner.errors import (
     InterruptedRunError,
     MigrationFailedError,
     PartialApplyError,
-    PreflightError,
     SafeMigrateError,
 )
 from runner.logging import quiet_alembic
-from runner.planning.history import History, check_database_revisions, revision_source
+from runner.planning.history import (
+    History,
+    check_database_revisions,
+    check_not_behind,
+    revision_source,
+)
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, fresh_attributes
 from runner.settings import Settings
@@ -476,23 +480,6 @@ def ends_transaction(statement: str) -> bool:
     if not any(word in lowered for word in ("commit", "rollback", "end", "abort")):
         return False  # the common case, ~20x cheaper than the pattern
     return _ENDS_TRANSACTION.search(statement) is not None
-
-
-def check_not_behind(history: History, target: str, heads: tuple[str, ...]) -> None:
-    """Nothing to apply, yet the database is not at the target: the target is behind it (or
-    on another branch). Alembic does nothing then; upgrade refuses (exit 3)."""
-    if target in ("head", "heads"):
-        return
-    try:
-        wanted = {s.revision for s in history.script.get_revisions(target) if s is not None}
-    except Exception:  # noqa: BLE001 - a form alembic resolves only with the heads: its call
-        return
-    if wanted <= set(heads) and (wanted or not heads):
-        return  # already there ("base" on an empty database included)
-    raise PreflightError(
-        f"the database is at {', '.join(heads) or 'base'}, past or beside target {target}: "
-        "upgrade never downgrades (use `alembic downgrade` deliberately, after review)",
-        heads=list(heads), target=target)
 
 
 def _describe(info: dict[str, Any]) -> str:

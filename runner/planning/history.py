@@ -108,6 +108,23 @@ def check_target(history: History, target: str, *, config_hint: str) -> tuple[st
     return tuple(rev.revision for rev in resolved if rev is not None)
 
 
+def check_not_behind(history: History, target: str, heads: tuple[str, ...]) -> None:
+    """Nothing to apply, yet the database is not at the target: the target is behind it (or
+    on another branch). Alembic does nothing then; upgrade refuses (exit 3)."""
+    if target in ("head", "heads"):
+        return
+    try:
+        wanted = {s.revision for s in history.script.get_revisions(target) if s is not None}
+    except Exception:  # noqa: BLE001 - a form alembic resolves only with the heads: its call
+        return
+    if wanted <= set(heads) and (wanted or not heads):
+        return  # already there ("base" on an empty database included)
+    raise PreflightError(
+        f"the database is at {', '.join(heads) or 'base'}, past or beside target {target}: "
+        "upgrade never downgrades (use `alembic downgrade` deliberately, after review)",
+        heads=list(heads), target=target)
+
+
 def check_database_revisions(history: History, db_heads: tuple[str, ...]) -> None:
     unknown = unknown_revisions(history, db_heads)
     if unknown:

@@ -15,9 +15,9 @@ import psycopg
 from runner.db import ledger as ledger_mod
 from runner.db import objects
 from runner.db.ledger import Identity, Ledger
-from runner.errors import PreflightError
 from runner.recovery import leftovers
 from runner.recovery.plan import PARTIAL_APPLY, Failure
+from runner.recovery.runs import PastRun, refusal, still_open
 
 
 def read_source(path: str | None) -> str:
@@ -66,17 +66,9 @@ class Recorder:
         a re-run would fail on them or, worse, succeed over them (IF NOT EXISTS)."""
         if self.ledger is None:
             return
-        for row in self.ledger.unresolved(own=self.run_id):
-            running = row.get("running") or {}
-            if row["outcome"] == "running" and is_applied(str(running.get("revision"))):
-                continue  # it died after that step committed: nothing of it is left
-            revision = (row.get("recovery") or {}).get("failed_revision") or running.get(
-                "revision")
-            raise PreflightError(
-                f"run {row['run_id']} ({row['outcome']}, revision {revision}) left a partial "
-                f"apply that is not resolved (ledger {self.ledger.qualified}): run "
-                "`safe-migrate recover` to see and undo it, or `safe-migrate recover "
-                "--mark-resolved` once fixed by hand", run_id=row["run_id"])
+        runs = [PastRun(row) for row in self.ledger.unresolved(own=self.run_id)]
+        for run in still_open(runs, is_applied):
+            raise refusal(run, f"ledger {self.ledger.qualified}")
         self.ledger.close_dead_runs(self.run_id)
 
     def before_step(self, revision: str, down_revision: Any, path: str, attempt: int,

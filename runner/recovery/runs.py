@@ -8,6 +8,7 @@ runs of another database are never used, and an artifacts folder given for one i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,23 @@ class PastRun:
             "failed_revision": (self.data.get("recovery") or {}).get("failed_revision")
             or self.running.get("revision"),
             "directory": str(self.directory) if self.directory else None}
+
+
+def still_open(runs: list[PastRun], is_applied: Callable[[str], bool]) -> list[PastRun]:
+    """The failures still to recover: a run that died after its non-transactional step
+    committed (the version table has it) left nothing behind."""
+    return [run for run in runs
+            if not (run.outcome == "running" and is_applied(str(run.running.get("revision"))))]
+
+
+def refusal(run: PastRun, origin: str) -> PreflightError:
+    """Why upgrade (and plan) refuse while `run` is unresolved (exit 3)."""
+    revision = (run.data.get("recovery") or {}).get("failed_revision") or run.running.get(
+        "revision")
+    return PreflightError(
+        f"run {run.run_id} ({run.outcome}, revision {revision}) left a partial apply that is "
+        f"not resolved ({origin}): run `safe-migrate recover` to see and undo it, or "
+        "`safe-migrate recover --mark-resolved` once fixed by hand", run_id=run.run_id)
 
 
 class RunHistory:

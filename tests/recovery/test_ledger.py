@@ -472,3 +472,20 @@ def test_a_role_that_cannot_create_the_ledger_is_exit_2_with_the_way_out(
     finally:
         sql("DROP OWNED BY sm_no_create")
         sql("DROP ROLE sm_no_create")
+
+
+def test_plan_says_upgrade_would_refuse_while_a_partial_apply_is_unresolved(
+        make_project, db, sql, run_cli, tmp_path, failing):
+    project = make_project(PARTIAL)
+    art = partial_apply(project, db, run_cli, tmp_path)
+    failing.delenv("SM_FAIL")
+    assert run_cli(cli_args(project, db, "--lint", "off", command="plan")) == 3
+    assert recover(run_cli, project, db, art, "--execute", "--yes") == 0
+    assert run_cli(cli_args(project, db, "--lint", "off", command="plan")) == 0
+
+
+def test_plan_refuses_a_target_behind_the_database(make_project, db, run_cli, tmp_path):
+    project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
+                            ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))")])
+    assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 0
+    assert run_cli(cli_args(project, db, "r1", "--lint", "off", command="plan")) == 3
