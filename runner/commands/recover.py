@@ -27,6 +27,16 @@ from runner.recovery.leftovers import find_leftovers
 from runner.schema import snapshot
 from runner.settings import Settings
 
+#: The common options recover reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("connect_timeout", "advisory_lock_wait", "artifacts_dir", "pg_dump")
+REFUSED_OPTIONS = {"embedded": "a fresh embedded server has nothing to recover; point recover "
+                               "at the database the failed run used (--database-url or "
+                               "DATABASE_URL)"}
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate recover   # shows the plan
+  safe-migrate recover --artifacts-dir migration-artifacts --execute --yes
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execute", action="store_true",

@@ -36,6 +36,16 @@ from runner.project import Project, load_project
 from runner.settings import Settings, add_lint_argument
 from runner.urls import mask, mask_text
 
+#: The common options upgrade reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
+                  "lock_retries", "advisory_lock_wait", "artifacts_dir", "no_schema_diff",
+                  "pg_dump")
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate upgrade -c alembic.ini
+  safe-migrate upgrade --lock-timeout 500ms --advisory-lock-wait 2m --lint error
+  safe-migrate upgrade --embedded -c examples/basic/alembic.ini   # on a throwaway server
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
