@@ -15,7 +15,7 @@ from typing import Any
 import alembic
 import psycopg
 
-from runner import __version__
+from runner import __version__, github
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db.connect import first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
@@ -80,18 +80,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        _lint(args.lint, settings, project, history, log)
+        findings = _lint(args.lint, settings, project, history, log)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
+        job.lint_findings = findings
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
 
 
-def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any) -> None:
+def _lint(mode: str, settings: Settings, project: Project, history: History,
+          log: Any) -> list[dict[str, Any]]:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
-    online run (it removes the `op` proxy the running migrations use)."""
+    online run (it removes the `op` proxy the running migrations use). Returns the findings."""
     if mode == "off":
-        return
+        return []
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
     started = time.monotonic()
@@ -99,27 +101,31 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
         heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
         if not revisions:
-            return
+            return []
         findings = lint.lint_pending(project, history, revisions)
     except LintUnavailableError as exc:  # squawk missing: only --lint error insists on it
         if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
-        return
+        return []
     except SafeMigrateError:
         raise  # unreachable database, broken env.py, the wrong database: the run would stop too
     except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
         log.warning("lint.unavailable", error=first_line(str(exc)))
-        return
+        return []
     log.info("lint.done", revisions=len(revisions), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
+    found = [f.to_dict() for f in findings]
+    github.report_lint(found, mode)  # GitHub Actions: annotations on the revision files
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
+    return found
 
 
 class UpgradeJob:
     """One upgrade run: drives the Migrator, snapshots, verification, artifacts."""
 
     migrator: Migrator
+    lint_findings: list[dict[str, Any]]  # for the GitHub summary
 
     def __init__(self, settings: Settings, project: Project, artifacts: Artifacts, log: Any,
                  finding: Future[Path] | None, interrupted: threading.Event,
@@ -251,6 +257,7 @@ class UpgradeJob:
             summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
                        + (f"; {error.message}" if error else ""))
             write_termination_log(self.settings.termination_log, summary)
+            github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
 
     def _snapshot(self, name: str, label: str) -> str | None:
