@@ -15,7 +15,7 @@ from typing import Any
 import alembic
 import psycopg
 
-from runner import __version__, github
+from runner import __version__, console, github
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db.connect import first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
@@ -75,6 +75,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
     try:
         history = load_history(project.script, config_hint=config_hint)
+        console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
+                                                      None))  # the console names each one
         expected = check_target(history, settings.target, config_hint=config_hint)
     except PreflightError as exc:
         log.error("preflight.failed", reason=exc.message)
