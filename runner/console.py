@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from runner.urls import mask_text
+
 #: SQLSTATEs of a lost lock race: upgrade retries the migration (runner.db.migrate.LOCK_RACE).
 _LOCK_RACE = ("55P03", "40P01")
 #: Fields every event carries, or that the console shows elsewhere: never repeated per line.
@@ -84,7 +86,8 @@ class ConsoleRenderer:
             raise structlog.DropEvent
         with self.console.capture() as captured:
             self.console.print(text)
-        return captured.get().rstrip("\n")
+        # Nested fields (a blocker's query) escape runner.logging's mask: mask the line too.
+        return mask_text(captured.get().rstrip("\n"))
 
     # -- one per event ---------------------------------------------------------------------
     def _text(self, *parts: tuple[str, str] | str) -> Any:
