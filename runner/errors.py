@@ -28,6 +28,29 @@ RETRY_SAFE: frozenset[ExitCode] = frozenset(
     {ExitCode.LOCK_BUSY, ExitCode.UNREACHABLE, ExitCode.INTERRUPTED}
 )
 
+#: What each code means, in a few words (--help's epilog; the README's table says more).
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success, or nothing to do",
+    ExitCode.INTERNAL: "internal error (a bug: please report it)",
+    ExitCode.USAGE: "usage or configuration error (bad flag or URL, missing file or package)",
+    ExitCode.PREFLIGHT: "preflight refused (several heads, unknown revision, drift, lint, an "
+                        "unresolved partial apply, a target behind the database...)",
+    ExitCode.LOCK_BUSY: "advisory lock held by another run past --advisory-lock-wait",
+    ExitCode.MIGRATION_FAILED: "a migration failed and was rolled back cleanly",
+    ExitCode.PARTIAL_APPLY: "partial apply, or verification failed: see the recovery plan",
+    ExitCode.UNREACHABLE: "database unreachable, authentication failed, connection lost",
+    ExitCode.INTERRUPTED: "interrupted (SIGTERM/SIGINT): the migration was rolled back",
+}
+
+
+def exit_code_table() -> str:
+    """The exit codes as --help shows them, from this module alone."""
+    lines = ["exit codes (* = safe for a Job to retry):"]
+    for code in ExitCode:
+        mark = "*" if code in RETRY_SAFE else " "
+        lines.append(f"  {int(code)}{mark} {MEANINGS[code]}")
+    return "\n".join(lines)
+
 
 class SafeMigrateError(Exception):
     """Base of every error the runner reports as a one-line message."""

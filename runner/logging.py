@@ -6,10 +6,26 @@ import logging
 import sys
 from typing import Any, Literal
 
-import structlog
-from structlog.typing import EventDict, WrappedLogger
 
-from runner.urls import mask_text
+def _import_structlog_without_rich() -> None:
+    """structlog.dev imports rich, when installed, for its own console renderer and
+    tracebacks, which we do not use: 50-90 ms of every start-up, JSON mode included. Only our
+    console (runner.console) imports rich, when it renders."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # structlog: `except ImportError`
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402
+from structlog.typing import EventDict, WrappedLogger  # noqa: E402
+
+from runner.urls import mask_text  # noqa: E402
 
 LogFormat = Literal["json", "console", "auto"]
 
@@ -29,8 +45,10 @@ def configure(log_format: LogFormat = "auto", *, stream: Any = None) -> None:
     renderer: structlog.typing.Processor
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    else:  # for people: sentences, rich's styles on a terminal (runner.console)
+        from runner.console import ConsoleRenderer
+
+        renderer = ConsoleRenderer(stream)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

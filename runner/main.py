@@ -18,7 +18,7 @@ from typing import Any
 from runner import __version__
 from runner import logging as runner_logging
 from runner.artifacts import write_termination_log
-from runner.errors import ExitCode, SafeMigrateError, UsageError
+from runner.errors import ExitCode, SafeMigrateError, UsageError, exit_code_table
 from runner.settings import Settings, add_common_options, from_args
 from runner.urls import mask_text
 
@@ -33,20 +33,33 @@ COMMANDS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would exit 2 with usage: raise instead
-        raise UsageError(message)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with `only`, that command's options alone: the others stay listed in
-    --help, but their modules (and what they import) are not loaded for nothing."""
-    parser = _Parser(prog="safe-migrate", description="Safe Alembic upgrades for PostgreSQL.")
+    --help, but their modules (and what they import) are not loaded for nothing.
+
+    Each command's module says which common options it reads (COMMON_OPTIONS), why it
+    refuses some (REFUSED_OPTIONS), and shows an EXAMPLE in its --help."""
+    parser = _Parser(prog="safe-migrate", description="Safe Alembic upgrades for PostgreSQL.",
+                     epilog="Run `safe-migrate COMMAND --help` for a command's options.\n\n"
+                            + exit_code_table(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"safe-migrate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if only in (None, name):
-            add_common_options(command_parser)
-            _module(name).add_arguments(command_parser)
+        if only not in (None, name):
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
+        module = _module(name)
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text,
+            epilog=f"example:\n{module.EXAMPLE.rstrip()}\n\n{exit_code_table()}",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command_parser)
+        add_common_options(command_parser, module.COMMON_OPTIONS,
+                           getattr(module, "REFUSED_OPTIONS", None))
     return parser
 
 
@@ -78,12 +91,18 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
 
 
 def _run(args_list: list[str], configure_logging: bool) -> int:
+    if not args_list:  # what a newcomer types first: the commands and the exit codes
+        print(build_parser().format_help(), end="", file=sys.stderr)
+        return int(ExitCode.USAGE)
     debug = "--debug" in args_list
     if configure_logging:
         runner_logging.configure(_peek_log_format(args_list))  # type: ignore[arg-type]
     settings: Settings | None = None
     try:
-        args = build_parser(_command_of(args_list)).parse_args(args_list)
+        args, extra = build_parser(_command_of(args_list)).parse_known_args(args_list)
+        if extra:  # argparse would blame the top-level parser: name the command's help
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
+                             f"(see `safe-migrate {args.command} --help`)")
         settings = from_args(args)
         if configure_logging:
             runner_logging.configure(settings.log_format)  # type: ignore[arg-type]

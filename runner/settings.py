@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import URL
 
-from runner.durations import parse_duration
+from runner.durations import DURATION_HELP, parse_duration
 from runner.errors import UsageError
 from runner.urls import parse_url
 
@@ -52,54 +54,103 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+# Help groups of the common options, in the order --help shows them.
+DATABASE, SAFETY, ARTIFACTS, OUTPUT = "database", "safety/timeouts", "artifacts", "output"
+#: Options every command uses (the rest, each command names in its module's COMMON_OPTIONS).
+ALWAYS: tuple[str, ...] = ("config", "name", "x", "database_url", "log_format",
+                           "termination_log", "debug")
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command; each has an environment variable (SPEC)."""
-    add = parser.add_argument
-    add("-c", "--config", default=_env("ALEMBIC_CONFIG", "alembic.ini"),
+class _NotFor(argparse.Action):
+    """A common option this command does not use: refused with a reason, never ignored
+    (`status --embedded` used to report on the real database)."""
+
+    def __init__(self, option_strings: list[str], dest: str, reason: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        raise UsageError(f"{option_string} is not an option of `{parser.prog}`: {self.reason}")
+
+
+def add_common_options(parser: argparse.ArgumentParser, uses: Collection[str] | None = None,
+                       refused: Mapping[str, str] | None = None) -> None:
+    """The options shared by the commands, each with its environment variable (SPEC).
+
+    `uses`: the ones this command reads (None: all); the others are hidden from its --help
+    and refused when given (with `refused`'s reason for that option, if any); their
+    environment variables are ignored, and Settings gets their built-in defaults.
+    """
+    groups = {title: parser.add_argument_group(title)
+              for title in (DATABASE, SAFETY, ARTIFACTS, OUTPUT)}
+
+    def add(group: str, *flags: str, env: str | None = None, default: Any = None,
+            **kwargs: Any) -> None:
+        dest = flags[-1].lstrip("-").replace("-", "_")
+        if uses is None or dest in uses or dest in ALWAYS:
+            if env is not None:
+                value = os.environ.get(env)
+                if kwargs.get("action") == "store_true":
+                    default = value in ("1", "true") if value is not None else default
+                elif value is not None:
+                    default = value
+            groups[group].add_argument(*flags, default=default, **kwargs)
+            return
+        reason = (refused or {}).get(dest, f"it does not use it (see `{parser.prog} --help`)")
+        parser.add_argument(*flags, action=_NotFor, reason=reason, default=default,
+                            nargs=0 if kwargs.get("action") == "store_true" else None,
+                            help=argparse.SUPPRESS)
+
+    add(DATABASE, "-c", "--config", env="ALEMBIC_CONFIG", default="alembic.ini",
         help="alembic.ini path (env ALEMBIC_CONFIG; default ./alembic.ini)")
-    add("-n", "--name", default=_env("SAFE_MIGRATE_NAME", "alembic"),
+    add(DATABASE, "-n", "--name", env="SAFE_MIGRATE_NAME", default="alembic",
         help="section of the ini file (env SAFE_MIGRATE_NAME; default alembic)")
-    add("-x", action="append", default=[], metavar="KEY=VALUE",
+    add(DATABASE, "-x", action="append", default=[], metavar="KEY=VALUE",
         help="passed to env.py, as alembic's -x")
-    add("--database-url", default=None,
+    add(DATABASE, "--database-url", metavar="URL",
         help="overrides sqlalchemy.url (env DATABASE_URL, or DATABASE_URL_FILE for a file)")
-    add("--embedded", action="store_true",
-        default=_env("SAFE_MIGRATE_EMBEDDED", "") in ("1", "true"),
-        help="run against a throwaway embedded PostgreSQL (env SAFE_MIGRATE_EMBEDDED=1)")
-    add("--lock-timeout", default=_env("SAFE_MIGRATE_LOCK_TIMEOUT", "2s"),
-        help="lock_timeout for every migration statement (default 2s)")
-    add("--statement-timeout", default=_env("SAFE_MIGRATE_STATEMENT_TIMEOUT", "0"),
-        help="statement_timeout for every migration statement (default 0 = none)")
-    add("--lock-retries", default=_env("SAFE_MIGRATE_LOCK_RETRIES", "5"),
-        help="retries of a migration that lost a lock race (default 5)")
-    add("--advisory-lock-wait", default=_env("SAFE_MIGRATE_ADVISORY_LOCK_WAIT", "60s"),
-        help="how long to wait for another runner (default 60s; 0 = fail at once)")
-    add("--connect-timeout", default=_env("SAFE_MIGRATE_CONNECT_TIMEOUT", "10s"),
-        help="how long to retry an unreachable database (default 10s)")
-    add("--artifacts-dir", default=_env("SAFE_MIGRATE_ARTIFACTS_DIR"),
+    add(DATABASE, "--embedded", action="store_true", env="SAFE_MIGRATE_EMBEDDED", default=False,
+        help="run against a throwaway embedded PostgreSQL (env SAFE_MIGRATE_EMBEDDED=1; "
+             "needs `pip install 'safe-migrate[embedded]'`)")
+    add(DATABASE, "--connect-timeout", env="SAFE_MIGRATE_CONNECT_TIMEOUT", default="10s",
+        metavar="DURATION",
+        help=f"how long to retry an unreachable database ({DURATION_HELP}; default 10s)")
+    add(SAFETY, "--lock-timeout", env="SAFE_MIGRATE_LOCK_TIMEOUT", default="2s",
+        metavar="DURATION",
+        help=f"lock_timeout for every migration statement ({DURATION_HELP}; default 2s)")
+    add(SAFETY, "--statement-timeout", env="SAFE_MIGRATE_STATEMENT_TIMEOUT", default="0",
+        metavar="DURATION",
+        help=f"statement_timeout for every migration statement ({DURATION_HELP}; "
+             "default 0 = none)")
+    add(SAFETY, "--lock-retries", env="SAFE_MIGRATE_LOCK_RETRIES", default="5", metavar="N",
+        help="retries of a migration that lost a lock race (a count; default 5)")
+    add(SAFETY, "--advisory-lock-wait", env="SAFE_MIGRATE_ADVISORY_LOCK_WAIT", default="60s",
+        metavar="DURATION",
+        help=f"how long to wait for another runner ({DURATION_HELP}; default 60s; "
+             "0 = fail at once)")
+    add(ARTIFACTS, "--artifacts-dir", env="SAFE_MIGRATE_ARTIFACTS_DIR", metavar="DIR",
         help="parent of the runs' artifacts: each run writes DIR/<run-id>/ "
              "(default ./migration-artifacts)")
-    add("--ledger-table", default=_env("SAFE_MIGRATE_LEDGER_TABLE"), metavar="[SCHEMA.]NAME",
+    add(ARTIFACTS, "--ledger-table", env="SAFE_MIGRATE_LEDGER_TABLE", metavar="[SCHEMA.]NAME",
         help="the run ledger in the database (default safe_migrate_runs, in the version "
              "table's schema)")
-    add("--no-ledger", action="store_true",
-        default=_env("SAFE_MIGRATE_NO_LEDGER", "") in ("1", "true"),
+    add(ARTIFACTS, "--no-ledger", action="store_true", env="SAFE_MIGRATE_NO_LEDGER",
+        default=False,
         help="keep no run ledger in the database: recovery then relies on the local "
              "artifacts, and a failed run does not block the next (env SAFE_MIGRATE_NO_LEDGER=1)")
-    add("--no-schema-diff", action="store_true",
-        default=_env("SAFE_MIGRATE_NO_SCHEMA_DIFF", "") in ("1", "true"),
-        help="skip the pg_dump snapshots (env SAFE_MIGRATE_NO_SCHEMA_DIFF=1)")
-    add("--pg-dump", default=_env("SAFE_MIGRATE_PG_DUMP"), help="pg_dump to use")
-    add("--log-format", choices=["json", "console", "auto"],
-        default=_env("SAFE_MIGRATE_LOG_FORMAT", "auto"), help="default auto")
-    add("--termination-log", default=_env("SAFE_MIGRATE_TERMINATION_LOG", "/dev/termination-log"),
+    add(ARTIFACTS, "--no-schema-diff", action="store_true", env="SAFE_MIGRATE_NO_SCHEMA_DIFF",
+        default=False, help="skip the pg_dump snapshots (env SAFE_MIGRATE_NO_SCHEMA_DIFF=1)")
+    add(ARTIFACTS, "--pg-dump", env="SAFE_MIGRATE_PG_DUMP", metavar="PATH",
+        help="pg_dump to use (env SAFE_MIGRATE_PG_DUMP)")
+    add(OUTPUT, "--log-format", choices=["json", "console", "auto"],
+        env="SAFE_MIGRATE_LOG_FORMAT", default="auto",
+        help="events as JSON lines, or for people (default auto: console on a terminal)")
+    add(OUTPUT, "--termination-log", env="SAFE_MIGRATE_TERMINATION_LOG",
+        default="/dev/termination-log", metavar="PATH",
         help="Kubernetes termination message file (written when writable)")
-    add("--debug", action="store_true",
-        default=_env("SAFE_MIGRATE_DEBUG", "") in ("1", "true"), help="show tracebacks")
+    add(OUTPUT, "--debug", action="store_true", env="SAFE_MIGRATE_DEBUG", default=False,
+        help="show tracebacks (env SAFE_MIGRATE_DEBUG=1)")
 
 
 def add_lint_argument(parser: argparse.ArgumentParser) -> None:

@@ -86,7 +86,7 @@ def run_cli(tmp_path: Path, server: Server) -> Callable[..., int]:
     """In-process `main()`: for assertions on structured events with capture_logs()."""
 
     def run(args: list[str]) -> int:
-        if args and args[0] in ("upgrade", "recover") and "--pg-dump" not in args:
+        if args and args[0] == "upgrade" and "--pg-dump" not in args:
             args = [*args, "--pg-dump", str(server.pg_dump)]
         return main([*args, "--termination-log", str(tmp_path / "termination-log")],
                     configure_logging=False)

@@ -280,7 +280,7 @@ def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     """`python -m runner ...` as a child process: for signals, kills and concurrency."""
     from runner.embedded import bin_dir
 
-    if args[0] in ("upgrade", "recover") and "--pg-dump" not in args:
+    if args[0] == "upgrade" and "--pg-dump" not in args:
         args = [*args, "--pg-dump", str(bin_dir() / "pg_dump")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
     return subprocess.Popen([sys.executable, "-m", "runner", *args, "--termination-log",

@@ -8,6 +8,7 @@ database before and after.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -77,7 +78,7 @@ def snapshot(sql: Callable[..., list[tuple[Any, ...]]]) -> dict[str, Any]:
 
 
 def run_main(ctx: Ctx, argv: list[str]) -> int:
-    if argv and argv[0] in ("upgrade", "recover") and "--pg-dump" not in argv:
+    if argv and argv[0] == "upgrade" and "--pg-dump" not in argv:
         argv = [*argv, "--pg-dump", str(bin_dir() / "pg_dump")]
     argv = [*argv, "--termination-log", str(ctx.tmp_path / "termination-log")]
     with capture_logs():
@@ -335,6 +336,44 @@ def revision_cycle(ctx: Ctx) -> list[str]:
     return ctx.args(project)
 
 
+def lock_timeout_bare_number(ctx: Ctx) -> list[str]:
+    return ctx.args(ctx.project(), "--lock-timeout", "2")  # 2 s or PostgreSQL's 2 ms?
+
+
+def option_the_command_does_not_use(ctx: Ctx) -> list[str]:
+    args = ctx.args(ctx.project(), "--lock-retries", "3", command="status")
+    i = args.index("--artifacts-dir")
+    return args[:i] + args[i + 2:]
+
+
+def recover_embedded(ctx: Ctx) -> list[str]:
+    return ctx.args(ctx.project(), "--embedded", command="recover")
+
+
+def no_database_url(ctx: Ctx) -> list[str]:
+    project = ctx.project()
+    ini = project.ini.read_text()
+    project.ini.write_text("\n".join("sqlalchemy.url =" if line.startswith("sqlalchemy.url")
+                                     else line for line in ini.splitlines()) + "\n")
+    args = ctx.args(project)
+    i = args.index("--database-url")
+    return args[:i] + args[i + 2:]
+
+
+def async_url_without_asyncpg(ctx: Ctx) -> list[str]:
+    if importlib.util.find_spec("asyncpg") is not None:
+        pytest.skip("asyncpg is installed")
+    project = ctx.project()
+    url = ctx.db.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    ini = project.ini.read_text()
+    project.ini.write_text("\n".join(f"sqlalchemy.url = {url.replace('%', '%%')}"
+                                     if line.startswith("sqlalchemy.url") else line
+                                     for line in ini.splitlines()) + "\n")
+    args = ctx.args(project)
+    i = args.index("--database-url")
+    return args[:i] + args[i + 2:]
+
+
 #: (case, exit code, distinctive substring of the error line)
 CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (unknown_flag, 2, "--frobnicate"),
@@ -377,6 +416,11 @@ CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (recover_without_yes, 2, "--yes"),
     (unknown_subcommand, 2, "frobnicate"),
     (revision_cycle, 3, "cycle"),
+    (lock_timeout_bare_number, 2, "'2' has no unit: add one, e.g. 2s or 2000ms"),
+    (option_the_command_does_not_use, 2, "--lock-retries is not an option of"),
+    (recover_embedded, 2, "nothing to recover"),
+    (no_database_url, 2, "no database URL: pass --database-url URL, or set DATABASE_URL"),
+    (async_url_without_asyncpg, 2, "pip install asyncpg"),
 ]
 
 

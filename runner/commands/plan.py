@@ -39,6 +39,14 @@ from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
 from runner.settings import LINT_MODES, Settings, add_lint_argument
 from runner.urls import mask, mask_text
 
+#: The common options plan reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("embedded", "connect_timeout", "ledger_table", "no_ledger")
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate plan
+  safe-migrate plan --from base --format json     # no database at all
+  safe-migrate plan --embedded                    # from a throwaway server's empty database
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
@@ -158,7 +166,7 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):
             raise UsageError("plan needs a database: pass --database-url (or set DATABASE_URL), "
-                             "or plan without one with --from REV") from None
+                             "use --embedded, or plan without one with --from REV") from None
         raise
     log.info("database", url=mask(found.url),
              version_table=f"{found.version_schema}.{found.version_table}",

@@ -40,6 +40,17 @@ from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import psql_url
 
+#: The common options recover reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("connect_timeout", "lock_timeout", "lock_retries", "advisory_lock_wait",
+                  "artifacts_dir", "ledger_table", "no_ledger")
+REFUSED_OPTIONS = {"embedded": "a fresh embedded server has nothing to recover; point recover "
+                               "at the database the failed run used (--database-url or "
+                               "DATABASE_URL)"}
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate recover   # shows the plan
+  safe-migrate recover --artifacts-dir migration-artifacts --execute --yes
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execute", action="store_true",

@@ -14,13 +14,21 @@ from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import version_table_key
 from runner.db.probe import ProbeResult, probe
+from runner.lifecycle import embedded_database
 from runner.logging import get_logger
 from runner.planning.history import applied, load_history, unknown_revisions
 from runner.planning.history import pending as _pending
-from runner.project import load_project
+from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import mask
+
+#: The common options status reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("embedded", "connect_timeout", "artifacts_dir", "ledger_table", "no_ledger")
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate status
+  safe-migrate status -c alembic.ini --database-url "$URL" --format json
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +63,11 @@ def read(conn: psycopg.Connection[Any], found: ProbeResult, settings: Settings) 
 
 def collect(settings: Settings) -> dict[str, Any]:
     project = load_project(settings)
+    with embedded_database(settings, project, get_logger()):  # --embedded: a throwaway server
+        return _collect(settings, project)
+
+
+def _collect(settings: Settings, project: Project) -> dict[str, Any]:
     history = load_history(project.script, config_hint=str(settings.config_file))
     readings: list[Reading] = []
 

@@ -16,7 +16,7 @@ from typing import Any
 import alembic
 import psycopg
 
-from runner import __version__
+from runner import __version__, console, github
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
@@ -48,6 +48,16 @@ from runner.recovery.recorder import Recorder, read_source
 from runner.settings import Settings, add_lint_argument
 from runner.urls import mask, mask_text, psql_url
 
+#: The common options upgrade reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
+                  "lock_retries", "advisory_lock_wait", "artifacts_dir", "no_schema_diff",
+                  "pg_dump", "ledger_table", "no_ledger")
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate upgrade -c alembic.ini
+  safe-migrate upgrade --lock-timeout 500ms --advisory-lock-wait 2m --lint error
+  safe-migrate upgrade --embedded -c examples/basic/alembic.ini   # on a throwaway server
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
@@ -77,23 +87,27 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
     try:
         history = load_history(project.script, config_hint=config_hint)
+        console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
+                                                      None))  # the console names each one
         expected = check_target(history, settings.target, config_hint=config_hint)
     except PreflightError as exc:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        _lint(args.lint, settings, project, history, log)
+        findings = _lint(args.lint, settings, project, history, log)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
+        job.lint_findings = findings
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
 
 
-def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any) -> None:
+def _lint(mode: str, settings: Settings, project: Project, history: History,
+          log: Any) -> list[dict[str, Any]]:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
-    online run (it removes the `op` proxy the running migrations use)."""
+    online run (it removes the `op` proxy the running migrations use). Returns the findings."""
     if mode == "off":
-        return
+        return []
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
     started = time.monotonic()
@@ -101,27 +115,31 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
         heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
         if not revisions:
-            return
+            return []
         findings = lint.lint_pending(project, history, revisions)
     except LintUnavailableError as exc:  # squawk missing: only --lint error insists on it
         if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
-        return
+        return []
     except SafeMigrateError:
         raise  # unreachable database, broken env.py, the wrong database: the run would stop too
     except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
         log.warning("lint.unavailable", error=first_line(str(exc)))
-        return
+        return []
     log.info("lint.done", revisions=len(revisions), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
+    found = [f.to_dict() for f in findings]
+    github.report_lint(found, mode)  # GitHub Actions: annotations on the revision files
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
+    return found
 
 
 class UpgradeJob:
     """One upgrade run: drives the Migrator, snapshots, the run's record, artifacts."""
 
     migrator: Migrator
+    lint_findings: list[dict[str, Any]]  # for the GitHub summary
 
     def __init__(self, settings: Settings, project: Project, artifacts: Artifacts, log: Any,
                  finding: Future[Path] | None, interrupted: threading.Event,
@@ -293,6 +311,7 @@ class UpgradeJob:
             summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
                        + (f"; {error.message}" if error else ""))
             write_termination_log(self.settings.termination_log, summary)
+            github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
 
     def _record_failure(self, error: SafeMigrateError | None,

@@ -42,6 +42,15 @@ UPGRADE, DOWNGRADE, REUPGRADE, REBUILD, CHECK = (
     "upgrade", "downgrade", "re-upgrade", "rebuild", "check")
 
 
+#: The common options verify reads (runner.settings.add_common_options).
+COMMON_OPTIONS = ("embedded", "connect_timeout", "pg_dump")
+EXAMPLE = """\
+  safe-migrate verify -c alembic.ini          # on a throwaway embedded PostgreSQL
+  safe-migrate verify --database-url postgresql://postgres@127.0.0.1/postgres  # scratch db there
+  safe-migrate verify --schema-dir schemas/   # for `upgrade --expected-schema schemas/`
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-schema", metavar="FILE", default=None,
                         help="write the normalized schema at heads to FILE")
@@ -164,17 +173,17 @@ class Scratch:
 
 @contextmanager
 def scratch_database(settings: Settings, log: Any, *, keep: bool) -> Iterator[Scratch]:
-    """A fresh database; on --database-url's server, else on an embedded PostgreSQL."""
+    """A fresh database; on --database-url's server, else (or with --embedded) on an
+    embedded PostgreSQL."""
     name = f"safe_migrate_verify_{secrets.token_hex(4)}"
     server = None
-    if settings.database_url is not None:
+    if settings.database_url is not None and not settings.embedded:
         admin = settings.database_url.set(database="postgres")
         pg_dump = None
     else:
         from runner.embedded import EmbeddedPostgres
 
-        server = EmbeddedPostgres()
-        server.start()
+        server = EmbeddedPostgres().__enter__()  # a failed start leaves no folder behind
         admin, pg_dump = server.url(), str(server.pg_dump)
     try:
         conn = connect(admin, timeout=settings.connect_timeout,

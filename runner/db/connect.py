@@ -27,16 +27,36 @@ def classify_connect_error(exc: BaseException) -> UsageError | None:
     return None
 
 
+#: Drivers a URL may name that safe-migrate does not depend on: the package that brings each.
+DRIVER_PACKAGES = {"asyncpg": "asyncpg", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}
+NO_URL = ("no database URL: pass --database-url URL, or set DATABASE_URL (DATABASE_URL_FILE "
+          "for a mounted secret), or try it on a throwaway server with --embedded")
+
+
 def env_py_failure(exc: BaseException) -> SafeMigrateError:
     """What env.py raised before migrations could start, as the SPEC's error."""
     if isinstance(exc, SafeMigrateError):
         return exc
+    if isinstance(exc, ModuleNotFoundError) and exc.name in DRIVER_PACKAGES:
+        return UsageError(f"the database URL's driver needs the {exc.name} package, which is "
+                          f"not installed: pip install {DRIVER_PACKAGES[exc.name]}")
+    if _no_url(exc):
+        return UsageError(NO_URL)
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         orig = getattr(exc, "orig", exc)
         return classify_connect_error(orig) or DatabaseUnreachableError(
             f"cannot connect to the database: {first_line(mask_text(str(orig)))}")
     return UsageError(f"env.py failed before connecting: {type(exc).__name__}: "
                       f"{first_line(mask_text(str(exc)))}")
+
+
+def _no_url(exc: BaseException) -> bool:
+    """env.py built its engine from an empty (or absent) sqlalchemy.url."""
+    if isinstance(exc, KeyError):  # engine_from_config() on a section without the key
+        return exc.args in (("url",), ("sqlalchemy.url",))
+    return isinstance(exc, sqlalchemy.exc.ArgumentError) and (
+        "Could not parse SQLAlchemy URL from given URL string" in str(exc)
+        or "got None" in str(exc))
 
 
 def first_line(text: str) -> str:

@@ -30,6 +30,9 @@ def offline_sql(project: Project, revision_range: str, *, downgrade: bool = Fals
                     output_buffer=buffer, cmd_opts=project.config.cmd_opts)
     for key, value in project.config.get_section(project.config.config_ini_section, {}).items():
         config.set_main_option(key, value.replace("%", "%%"))
+    if not config.get_main_option("sqlalchemy.url"):
+        # No URL given (the example ships none): offline SQL needs the dialect only.
+        config.set_main_option("sqlalchemy.url", "postgresql://")
     script = project.script
     start, end = revision_range.split(":", 1) if ":" in revision_range else (None, revision_range)
 

@@ -187,9 +187,10 @@ def _schema(url: URL) -> str:
 
 
 def _cli(command: str, chain: Project, db: URL, artifacts: Path, *extra: str) -> int:
+    pg_dump = ["--pg-dump", str(bin_dir() / "pg_dump")] if command == "upgrade" else []
     return main([command, "-c", str(chain.ini), "--database-url",
                  db.render_as_string(hide_password=False), "--artifacts-dir", str(artifacts),
-                 "--pg-dump", str(bin_dir() / "pg_dump"), "--log-format", "json", *extra],
+                 *pg_dump, "--log-format", "json", *extra],
                 configure_logging=False)
 
 
