@@ -42,3 +42,32 @@ def test_libpq_params_keep_the_password_apart_for_child_processes():
                       "PGOPTIONS": "-c search_path=app"}
     assert secret == {"PGPASSWORD": "pw"}
     assert "pw" not in public.values()
+
+
+def test_a_password_with_an_unencoded_at_is_refused_without_its_tail():
+    with pytest.raises(UsageError) as err:
+        parse_url("postgresql://u:p@ss@dbhost/db")
+    message = err.value.message
+    assert "ss@" not in message and "p@" not in message
+    assert "postgresql://u:***@dbhost/db" in message and "%40" in message
+
+
+def test_an_unparsable_port_is_a_usage_error_with_the_url_masked():
+    with pytest.raises(UsageError) as err:
+        parse_url("postgresql://u:Secret9@h:notaport/db")
+    assert "Secret9" not in err.value.message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("cannot connect to postgresql://u:p@ss@dbhost/db",
+     "cannot connect to postgresql://u:***@dbhost/db"),
+    ('could not translate host name "ss@dbhost" to address',
+     'could not translate host name "***@dbhost" to address'),
+    ("ALTER ROLE app PASSWORD 'Secret9'", "ALTER ROLE app PASSWORD '***'"),
+])
+def test_mask_text_leaves_no_part_of_a_password(text, expected):
+    assert mask_text(text) == expected
+
+
+def test_mask_of_a_url_whose_password_took_the_host():
+    assert mask(make_url("postgresql://u:p@ss@dbhost/db")) == "postgresql://u:***@dbhost/db"
