@@ -14,13 +14,16 @@ from typing import Any
 
 import alembic
 import psycopg
+from alembic.script.revision import RevisionError
+from alembic.util.exc import CommandError
 
 from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db.connect import first_line
 from runner.db.migrate import Database, MigrationRecord, Migrator
-from runner.db.probe import probe
+from runner.db.probe import ProbeResult, probe
 from runner.errors import (
+    DatabaseUnreachableError,
     ExitCode,
     LintUnavailableError,
     PartialApplyError,
@@ -33,14 +36,14 @@ from runner.logging import get_logger
 from runner.planning.history import History, check_target, load_history, pending
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
-from runner.settings import Settings, add_lint_argument
+from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.urls import mask, mask_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
                         help="revision to upgrade to (default: heads)")
-    add_lint_argument(parser)  # --lint error|warn|off, env SAFE_MIGRATE_LINT, default warn
+    add_lint_argument(parser)  # --lint error|warn|off (default warn), --lint-rules
     parser.add_argument("--expected-schema", metavar="FILE|DIR",
                         default=os.environ.get("SAFE_MIGRATE_EXPECTED_SCHEMA"),
                         help="refuse (exit 3) when the schema differs from the one verify recorded")
@@ -51,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
+    check_lint_arguments(args)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
     project = load_project(settings)
@@ -70,14 +74,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        _lint(args.lint, settings, project, history, log)
+        _lint(args.lint, settings, project, history, log, args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
 
 
-def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any) -> None:
+def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any,
+          rules: str = "safety") -> None:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
     online run (it removes the `op` proxy the running migrations use)."""
     if mode == "off":
@@ -85,25 +90,43 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
     started = time.monotonic()
+    # Unreachable database, broken env.py, the wrong database: the run would stop too.
+    heads = _probe_with_retries(project, settings).heads
     try:
-        heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
-        if not revisions:
-            return
-        findings = lint.lint_pending(project, history, revisions)
-    except LintUnavailableError as exc:  # squawk missing: only --lint error insists on it
+    except (CommandError, RevisionError):
+        return  # an unknown database revision: the run's own preflight refuses it (exit 3)
+    if not revisions:
+        return
+    try:
+        findings = lint.lint_pending(project, history, revisions, mode=mode, rules=rules,
+                                     log=log)
+    except LintUnavailableError as exc:  # squawk missing or broken: only --lint error insists
         if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
         return
-    except SafeMigrateError:
-        raise  # unreachable database, broken env.py, the wrong database: the run would stop too
-    except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
-        log.warning("lint.unavailable", error=first_line(str(exc)))
-        return
     log.info("lint.done", revisions=len(revisions), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
+
+
+def _probe_with_retries(project: Project, settings: Settings) -> ProbeResult:
+    """probe(), retried like the run's own connections for up to --connect-timeout: a
+    database that is briefly unreachable must not fail the lint step when the run would wait."""
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
+    for attempt in Retrying(retry=retry_if_exception_type(DatabaseUnreachableError),
+                            stop=stop_after_delay(settings.connect_timeout),
+                            wait=wait_exponential_jitter(multiplier=0.2, max=2.0), reraise=True):
+        with attempt:
+            return probe(project, settings.database_url)
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 
 class UpgradeJob:
