@@ -18,8 +18,8 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S+)(
 _KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
 # ALTER ROLE ... PASSWORD 'x' in a query text.
 _SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>'(?:[^']|'')*')", re.IGNORECASE)
-# libpq quotes the host it tried: "ss@host" is the tail of such a password.
-_QUOTED_AT = re.compile(r'(?<=")[^"\s]*@(?=[^"\s@]*")')
+# Drivers quote the host they tried: "ss@host" / 'ss@host' is the tail of such a password.
+_QUOTED_AT = re.compile(r"""(?<=["'])[^"'\s/:]*@(?=[^"'\s@/:]*["'])""")
 
 
 def parse_url(text: str) -> URL:

@@ -63,6 +63,10 @@ def test_an_unparsable_port_is_a_usage_error_with_the_url_masked():
      "cannot connect to postgresql://u:***@dbhost/db"),
     ('could not translate host name "ss@dbhost" to address',
      'could not translate host name "***@dbhost" to address'),
+    ("failed to resolve host 'ss@dbhost': [Errno -2] Name or service not known",
+     "failed to resolve host '***@dbhost': [Errno -2] Name or service not known"),
+    ("cannot connect to 'postgresql://u:Secret9@dbhost/db'",
+     "cannot connect to 'postgresql://u:***@dbhost/db'"),
     ("ALTER ROLE app PASSWORD 'Secret9'", "ALTER ROLE app PASSWORD '***'"),
 ])
 def test_mask_text_leaves_no_part_of_a_password(text, expected):
@@ -71,3 +75,19 @@ def test_mask_text_leaves_no_part_of_a_password(text, expected):
 
 def test_mask_of_a_url_whose_password_took_the_host():
     assert mask(make_url("postgresql://u:p@ss@dbhost/db")) == "postgresql://u:***@dbhost/db"
+
+
+def test_an_at_in_the_password_of_alembic_ini_never_shows_its_tail(make_project, capsys):
+    """The URL comes from alembic.ini, so env.py connects with it: the driver's error names
+    the host it tried, which holds the password's tail."""
+    from runner.main import main
+
+    project = make_project([("r1", "pass")])
+    ini = project.ini.read_text().replace("postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                          "postgresql+psycopg://u:Sec@ret9@127.0.0.1:1/none")
+    project.ini.write_text(ini)
+    code = main(["plan", "-c", str(project.ini), "--log-format", "json", "--connect-timeout",
+                 "0"], configure_logging=False)
+    captured = capsys.readouterr()
+    assert code in (2, 7)
+    assert "ret9" not in captured.err + captured.out and "Sec" not in captured.err
