@@ -18,6 +18,7 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S+)(
 _KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
 # ALTER ROLE ... PASSWORD 'x' in a query text.
 _SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>'(?:[^']|'')*')", re.IGNORECASE)
+_PASSWORD_WORD = re.compile("password", re.IGNORECASE)
 # Drivers quote the host they tried: "ss@host" / 'ss@host' is the tail of such a password.
 _QUOTED_AT = re.compile(r"""(?<=["'])[^"'\s/:]*@(?=[^"'\s@/:]*["'])""")
 
@@ -46,12 +47,15 @@ def mask(url: URL) -> str:
 
 def mask_text(text: str) -> str:
     """Mask anything that looks like a password inside arbitrary text."""
-    if not any(mark in text for mark in ("://", "=", "@", "assword", "ASSWORD")):
-        return text  # no URL, key=value, host or PASSWORD: the common case of every log field
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-    text = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-    text = _SQL_PASSWORD.sub(lambda m: m.group("head") + "'***'", text)
-    return _QUOTED_AT.sub("***@", text)
+    # Each pattern only where its word is: most log fields (and plan's SQL) hold none.
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    if _PASSWORD_WORD.search(text):
+        text = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+        text = _SQL_PASSWORD.sub(lambda m: m.group("head") + "'***'", text)
+    if "@" in text:
+        text = _QUOTED_AT.sub("***@", text)
+    return text
 
 
 def same_database(a: URL, b: URL) -> bool:

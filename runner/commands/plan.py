@@ -20,7 +20,7 @@ from runner.db.connect import first_line
 from runner.db.probe import probe
 from runner.errors import LintUnavailableError, PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
-from runner.logging import get_logger
+from runner.logging import get_logger, mask_value
 from runner.planning.history import (
     History,
     check_database_revisions,
@@ -193,6 +193,7 @@ def _lint(project: Project, planned: list[PlannedRevision], args: argparse.Names
 # -- output ------------------------------------------------------------------------------------
 
 def _output(doc: dict[str, Any], fmt: str) -> None:
+    doc = mask_value(doc)  # a migration's SQL may hold a password (CREATE ROLE ... PASSWORD)
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     else:

@@ -268,3 +268,22 @@ def test_plan_lint_error_refuses_an_unrenderable_revision(
 
     code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "base", "--lint", "warn"])
     assert code == 0 and doc["lint"]["findings"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_password_in_a_migrations_sql_is_masked_in_the_plan(
+        fmt: str, make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    role = '''
+def upgrade():
+    op.execute("CREATE ROLE reporting LOGIN PASSWORD 'Secret9'")
+
+
+def downgrade():
+    op.execute("DROP ROLE reporting")
+'''
+    ini = make_project([]).add_modules(chained([("r1", role)])).ini
+    code = main(["plan", "--format", fmt, "-c", str(ini), "--from", "base", "--lint", "off"],
+                configure_logging=False)
+    out = capsys.readouterr().out
+    assert code == 0 and "Secret9" not in out
+    assert "CREATE ROLE reporting LOGIN PASSWORD '***'" in out
