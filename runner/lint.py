@@ -317,7 +317,10 @@ class RuleSet:
 
     def argv(self) -> list[str]:
         config = [f"--config={self.config}"] if self.config else []
-        return [*config, f"--exclude={','.join(self.excluded)}"]
+        # --exclude-path replaces the file's excluded_paths, which name the project's own .sql
+        # files: they must not match the rendered SQL's temporary files.
+        return [*config, f"--exclude={','.join(self.excluded)}",
+                "--exclude-path=.safe-migrate-excludes-no-path"]
 
 
 def rule_set(rules: str = "safety", *, ini_dir: Path | None = None) -> RuleSet:
@@ -370,6 +373,10 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None,
     squawk = squawk or find_squawk()
     rules = rules or rule_set()
     with tempfile.TemporaryDirectory(prefix="safe-migrate-lint-") as tmp:
+        if rules.config is None:
+            # squawk looks for one from its working directory up (/tmp, /): a stray file
+            # there (its excluded_paths, say) must not decide what is linted.
+            (Path(tmp) / SQUAWK_CONFIG).write_text("")
         files: dict[str, tuple[Script, str]] = {}
         for i, (script, sql) in enumerate(items):
             path = Path(tmp) / f"{i:04d}.sql"

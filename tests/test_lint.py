@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -190,7 +192,8 @@ def test_style_rules_are_opt_in(make_project: MakeProject) -> None:
 def test_a_projects_squawk_toml_is_honoured(make_project: MakeProject) -> None:
     project = make_project([]).add_modules(chained([("r1", STYLE), ("r2", INDEX_EMAIL)]))
     (project.root / ".squawk.toml").write_text(
-        'excluded_rules = ["require-concurrent-index-creation", "prefer-text-field"]\n')
+        'excluded_rules = ["require-concurrent-index-creation", "prefer-text-field"]\n'
+        'excluded_paths = ["*.sql"]\n')  # the project's .sql files, not our rendered SQL
     rules = {f.rule for f in _lint_mode(project.ini)}
     assert "require-concurrent-index-creation" not in rules and "prefer-text-field" not in rules
     # Its list replaces our style exclusions: what it does not exclude is reported.
@@ -232,3 +235,19 @@ def test_a_plain_install_lints() -> None:
     project = pyproject["project"]
     assert any(dep.startswith("squawk-cli") for dep in project["dependencies"])
     assert "lint" in project["optional-dependencies"]  # safe-migrate[lint] still resolves
+
+
+def test_a_stray_squawk_toml_above_the_temporary_directory_is_not_used(
+        make_project: MakeProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squawk runs in a temporary directory and looks for a config from there up (/tmp, /):
+    only the project's counts."""
+    ini = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", INDEX_EMAIL)])).ini
+    stray = Path(tempfile.mkdtemp(prefix="sm-stray-"))
+    try:
+        (stray / ".squawk.toml").write_text('excluded_paths = ["*.sql"]\n')  # all of ours
+        (stray / "inner").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(stray / "inner"))
+        assert ("r2", "require-concurrent-index-creation") in {
+            (f.revision, f.rule) for f in _lint_mode(ini)}
+    finally:
+        shutil.rmtree(stray)
