@@ -46,8 +46,13 @@ def _matches(markers: tuple[tuple[re.Pattern[str], str], ...], text: str, *,
     lowered = text.lower()
     if not any(word in lowered for word in _WORDS):
         return []
-    code = code_of(text)  # only now: tokenizing costs ~100x the word search
-    return [label for pattern, label in markers if pattern.search(code)]
+    found = [(pattern, label) for pattern, label in markers if pattern.search(text)]
+    if not found:
+        return []
+    # Confirmed on the code alone: tokenizing (~300 us a revision) only runs for a revision
+    # whose text has a marker, where it may be a docstring's or a comment's.
+    code = code_of(text)
+    return [label for pattern, label in found if pattern.search(code)]
 
 
 _DROPPED = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
