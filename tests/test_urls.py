@@ -91,3 +91,15 @@ def test_an_at_in_the_password_of_alembic_ini_never_shows_its_tail(make_project,
     captured = capsys.readouterr()
     assert code in (2, 7)
     assert "ret9" not in captured.err + captured.out and "Sec" not in captured.err
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:Sec@ret9@dbhost/db",
+                                 "postgresql://u:Secret9@dbhost:port/db"])
+def test_an_unparsable_database_url_is_exit_2_masked(url, tmp_path, capsys):
+    from runner.main import main
+
+    code = main(["plan", "-c", str(tmp_path / "alembic.ini"), "--database-url", url,
+                 "--log-format", "json"], configure_logging=False)
+    err = capsys.readouterr().err
+    assert code == 2 and "malformed database URL" in err
+    assert "ret9" not in err and "Sec" not in err
