@@ -6,30 +6,44 @@ squawk is told (`--assume-in-transaction`) that the runner wraps every revision 
 transaction. An `autocommit_block()` shows up as `COMMIT; ... BEGIN;` inside the revision, so
 squawk still knows which statements run outside the transaction.
 
-Per-revision opt-out: a line `# safe-migrate: ignore=rule-a,rule-b` in the revision file.
-squawk's own `-- squawk-ignore rule` comments inside `op.execute()` SQL work too.
+Each revision is linted on its own terms: one that cannot be rendered offline (it reads rows
+through `op.get_bind()`) is reported as an `unrenderable` finding, and the others are still
+linted. The range is rendered in one env.py run; only when a revision raises does rendering
+resume after it, so the cost grows with the number of unrenderable revisions, not the range.
+
+Rules: squawk's lock and safety rules by default; its style rules (STYLE_RULES) with
+`--lint-rules all`. A project's `.squawk.toml` with `excluded_rules` decides instead.
+
+Per-revision opt-out: a line `# safe-migrate: ignore=rule-a,rule-b` in the revision file
+(`ignore=unrenderable` for a revision that cannot render offline). squawk's own
+`-- squawk-ignore rule` comments inside `op.execute()` SQL work too.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import tomllib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from alembic.script import Script
 
+from runner.db.connect import first_line
 from runner.errors import LintUnavailableError, PreflightError
 from runner.planning.history import History, revision_source
 from runner.planning.offline import RUNNING, offline_sql, split_by_revision
 from runner.project import Project
+from runner.urls import mask_text
 
 LintMode = Literal["error", "warn", "off"]
+LintRules = Literal["safety", "all"]
 
 #: Rules that make no sense for a revision run by alembic through safe-migrate.
 EXCLUDED_RULES: tuple[str, ...] = (
@@ -43,6 +57,19 @@ EXCLUDED_RULES: tuple[str, ...] = (
     "require-lock-timeout",
     "require-statement-timeout",
 )
+#: squawk's style rules (squawk 2.x names): about schema taste, not locks or safety. On one
+#: real history they made 816 warnings that buried the safety findings: `--lint-rules all`.
+STYLE_RULES: tuple[str, ...] = (
+    "prefer-bigint-over-int",
+    "prefer-bigint-over-smallint",
+    "prefer-identity",
+    "prefer-text-field",
+    "prefer-timestamptz",
+    "ban-char-field",
+)
+#: Our own rule: a revision whose SQL cannot be produced offline cannot be linted.
+UNRENDERABLE = "unrenderable"
+SQUAWK_CONFIG = ".squawk.toml"
 # Kept on purpose: prefer-robust-stmts. With --assume-in-transaction it only fires for
 # statements outside the revision's transaction (autocommit blocks), exactly the ones a retry
 # after a partial apply re-runs, so they need IF [NOT] EXISTS.
@@ -50,8 +77,9 @@ EXCLUDED_RULES: tuple[str, ...] = (
 _IGNORE_COMMENT = re.compile(r"^\s*#\s*safe-migrate:\s*ignore\s*=\s*([\w\-, ]+)", re.M)
 _VERSION_CREATE = re.compile(r"^\s*CREATE TABLE\s+(?:\"?[\w$]+\"?\.)?\"?([\w$]+)\"?", re.I | re.M)
 _DEFAULT_VERSION_TABLE = "alembic_version"
-_INSTALL_HINT = ("squawk not found: install it with `pip install squawk-cli` "
-                 "(or `pip install 'safe-migrate[lint]'`), or pass --lint off")
+_INSTALL_HINT = ("squawk not found: it is installed with safe-migrate (the squawk-cli "
+                 "package); reinstall safe-migrate or `pip install squawk-cli`, or pass "
+                 "--lint off")
 
 
 @dataclass(frozen=True)
@@ -62,7 +90,8 @@ class Finding:
     level: str  # "error" | "warning" (as squawk reports it)
     message: str
     help: str | None
-    line: int  # 1-based, in the revision's linted SQL (RevisionSQL.lint_sql)
+    line: int  # 1-based, in the revision's linted SQL (RevisionSQL.lint_sql); 0: none
+    statement: str | None = None  # the offending statement, shortened
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,24 +113,84 @@ class RevisionSQL:
 
 # -- per-revision SQL --------------------------------------------------------------------------
 
+@dataclass
+class Rendered:
+    """The pending revisions' offline SQL, and why some have none."""
+
+    sql: dict[str, RevisionSQL] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # revision -> what it raised
+
+
 def revisions_sql(project: Project, history: History, revisions: list[str],
-                  start: str | None = None) -> dict[str, RevisionSQL]:
-    """Offline SQL of each revision in `revisions` (upgrade order), from one or two env.py runs.
+                  start: str | None = None, *, log: Any = None) -> Rendered:
+    """Offline SQL of each revision in `revisions` (upgrade order).
 
     `start` is the database's revision the range begins at ("base" for none); by default the
-    first revision's down_revision. Raises whatever env.py raises offline.
+    first revision's down_revision. A revision that raises offline is in `errors`; the others
+    still get their SQL.
     """
     if not revisions:
-        return {}
+        return Rendered()
     start = start or _start_of(history.by_id(revisions[0]))
-    raw = offline_sql(project, f"{start}:{revisions[-1]}")
-    parts = split_by_revision(raw)
-    if any(rev not in parts for rev in revisions):
+    wanted = set(revisions)
+    parts, errors, table = _render(project, start, revisions[-1], wanted, log)
+    if wanted - parts.keys() - errors.keys():
         # Branches or a merge the range did not cover: take everything from base.
-        raw = offline_sql(project, "base:heads")
-        parts = split_by_revision(raw)
-    bookkeeping = _bookkeeping(version_table_of(raw))
-    return {rev: _revision_sql(rev, parts[rev], bookkeeping) for rev in revisions if rev in parts}
+        parts, errors, table = _render(project, "base", "heads", wanted, log)
+    bookkeeping = _bookkeeping(table)
+    return Rendered(
+        sql={rev: _revision_sql(rev, parts[rev], bookkeeping) for rev in revisions if rev in parts},
+        errors={rev: errors[rev] for rev in revisions if rev in errors})
+
+
+def _render(project: Project, start: str, end: str, wanted: set[str],
+            log: Any) -> tuple[dict[str, str], dict[str, str], str]:
+    """({revision: its SQL}, {revision: its error}, version table) for `start:end`.
+
+    One env.py run for the range; when a revision raises, rendering resumes right after it
+    (offline SQL does not depend on what ran before), so one data migration costs one more
+    run instead of switching lint off for the whole range.
+    """
+    parts: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    table: str | None = None
+    tried: set[str] = set()
+    while True:
+        buffer = io.StringIO()
+        error: str | None = None
+        try:
+            offline_sql(project, f"{start}:{end}", buffer=buffer, log=log)
+        except Exception as exc:  # noqa: BLE001 - env.py and the migrations are the user's code
+            error = describe_error(exc)
+        raw = buffer.getvalue()
+        table = table or _created_version_table(raw)
+        got = split_by_revision(raw)
+        failed = running_revision(raw) if error is not None else None
+        if failed is not None:
+            got.pop(failed, None)  # its SQL stops where it raised
+            errors[failed] = error or ""
+        parts.update(got)
+        if error is None:
+            break
+        if failed is None or failed == end or failed in tried:
+            # No revision to resume after (env.py itself failed before the first one, say):
+            # whatever did not render carries the error.
+            errors.update({rev: error for rev in wanted - parts.keys() - errors.keys()})
+            break
+        tried.add(failed)
+        start = failed
+    return parts, errors, table or _DEFAULT_VERSION_TABLE
+
+
+def running_revision(sql: str) -> str | None:
+    """The revision whose header came last in (partial) offline SQL: the one that raised."""
+    headers = list(RUNNING.finditer(sql))
+    return headers[-1].group(2) if headers else None
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: first line of the message`, masked: what a finding or an event shows."""
+    return first_line(mask_text(f"{type(exc).__name__}: {exc}"))
 
 
 def _start_of(script: Script) -> str:
@@ -115,10 +204,14 @@ def _start_of(script: Script) -> str:
 
 def version_table_of(sql: str) -> str:
     """The version table alembic creates before the first revision (env.py may rename it)."""
+    return _created_version_table(sql) or _DEFAULT_VERSION_TABLE
+
+
+def _created_version_table(sql: str) -> str | None:
     first = RUNNING.search(sql)
     preamble = sql[:first.start()] if first else ""
     match = _VERSION_CREATE.search(preamble)
-    return match.group(1) if match else _DEFAULT_VERSION_TABLE
+    return match.group(1) if match else None
 
 
 def _bookkeeping(version_table: str) -> re.Pattern[str]:
@@ -215,20 +308,82 @@ def ignored_rules(source: str) -> set[str]:
     return rules
 
 
-def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> list[Finding]:
+@dataclass(frozen=True)
+class RuleSet:
+    """What squawk is told: the rules it leaves out, and the project's own config file."""
+
+    excluded: tuple[str, ...]
+    config: Path | None = None
+
+    def argv(self) -> list[str]:
+        config = [f"--config={self.config}"] if self.config else []
+        # --exclude-path replaces the file's excluded_paths, which name the project's own .sql
+        # files: they must not match the rendered SQL's temporary files.
+        return [*config, f"--exclude={','.join(self.excluded)}",
+                "--exclude-path=.safe-migrate-excludes-no-path"]
+
+
+def rule_set(rules: str = "safety", *, ini_dir: Path | None = None) -> RuleSet:
+    """squawk's rules for this project: the safety rules (`safety`) or all of them (`all`).
+
+    A `.squawk.toml` that lists `excluded_rules` decides over our style exclusions; squawk's
+    `--exclude` replaces the file's list, so both go on the command line. The rules the
+    runner makes moot (EXCLUDED_RULES) stay out whatever the file says.
+    """
+    config = find_squawk_config(ini_dir)
+    project = _config_excluded(config) if config else None
+    if project is not None:
+        style: tuple[str, ...] = tuple(project)
+    else:
+        style = () if rules == "all" else STYLE_RULES
+    return RuleSet(excluded=tuple(dict.fromkeys((*EXCLUDED_RULES, *style))), config=config)
+
+
+def find_squawk_config(ini_dir: Path | None = None) -> Path | None:
+    """`.squawk.toml` where squawk itself looks (this directory, then its parents), else
+    beside alembic.ini or above it: squawk runs here in a temporary directory."""
+    cwd = Path.cwd()
+    places = [cwd, *cwd.parents]
+    if ini_dir is not None:
+        ini_dir = ini_dir.resolve()
+        places += [ini_dir, *ini_dir.parents]
+    return next((d / SQUAWK_CONFIG for d in places if (d / SQUAWK_CONFIG).is_file()), None)
+
+
+def _config_excluded(path: Path) -> list[str] | None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LintUnavailableError(f"squawk config {path} cannot be read: {exc}") from None
+    excluded = data.get("excluded_rules")
+    if excluded is None:
+        return None
+    if not isinstance(excluded, list) or not all(isinstance(r, str) for r in excluded):
+        raise LintUnavailableError(f"squawk config {path}: excluded_rules must be a list of "
+                                   "rule names")
+    return excluded
+
+
+def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None,
+             rules: RuleSet | None = None) -> list[Finding]:
     """Lint each (revision script, its SQL) in one squawk run; findings in input order."""
     items = [(script, sql) for script, sql in items if sql.strip()]
     if not items:
         return []
     squawk = squawk or find_squawk()
+    rules = rules or rule_set()
     with tempfile.TemporaryDirectory(prefix="safe-migrate-lint-") as tmp:
-        files: dict[str, Script] = {}
+        if rules.config is None:
+            # squawk looks for one from its working directory up (/tmp, /): a stray file
+            # there (its excluded_paths, say) must not decide what is linted.
+            (Path(tmp) / SQUAWK_CONFIG).write_text("")
+        files: dict[str, tuple[Script, str]] = {}
         for i, (script, sql) in enumerate(items):
             path = Path(tmp) / f"{i:04d}.sql"
             path.write_text(sql + "\n")
-            files[str(path)] = script
-        argv = [str(squawk), "--reporter", "json", "--assume-in-transaction",
-                f"--exclude={','.join(EXCLUDED_RULES)}", *files]
+            files[str(path)] = (script, sql)
+        argv = [str(squawk), "--reporter", "json", "--assume-in-transaction", *rules.argv(),
+                *files]
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                                     check=False, cwd=tmp)
@@ -242,41 +397,94 @@ def lint_sql(items: list[tuple[Script, str]], *, squawk: Path | None = None) -> 
                                    f"{detail[0] if detail else 'no output'}") from None
     order = {name: i for i, name in enumerate(files)}
     found: list[tuple[int, Finding]] = []
-    ignores = {name: ignored_rules(revision_source(script)) for name, script in files.items()}
+    ignores = {name: ignored_rules(revision_source(script)) for name, (script, _) in files.items()}
     for report in reports:
         name = str(report.get("file"))
         if name not in files:
             continue
-        script, rule = files[name], str(report.get("rule_name", "?"))
+        (script, sql), rule = files[name], str(report.get("rule_name", "?"))
         if rule in ignores[name]:
             continue
+        line = int(report.get("line", 0))  # squawk counts lines from 0
         found.append((order[name], Finding(
             revision=script.revision, path=script.path, rule=rule,
             level=str(report.get("level", "warning")).lower(),
             message=str(report.get("message", "")), help=report.get("help") or None,
-            line=int(report.get("line", 0)) + 1)))  # squawk counts lines from 0
+            line=line + 1, statement=statement_at(sql, line))))
     found.sort(key=lambda item: (item[0], item[1].line))  # revision order, then line
     return [finding for _, finding in found]
 
 
-def lint_pending(project: Project, history: History, revisions: list[str]) -> list[Finding]:
+_STATEMENT_CHARS = 160
+
+
+def statement_at(sql: str, line: int) -> str | None:
+    """The statement of `sql` that 0-based `line` falls in, on one line and shortened."""
+    current: str | None = None
+    position = 0
+    for statement in split_sql(sql):
+        start = sql.find(statement, position)
+        if start < 0 or sql.count("\n", 0, start) > line:
+            break
+        current, position = statement, start + len(statement)
+    if current is None:
+        return None
+    text = " ".join((_code(current) or current).split())
+    return text if len(text) <= _STATEMENT_CHARS else text[:_STATEMENT_CHARS - 3] + "..."
+
+
+def unrenderable(items: list[tuple[Script, str]], mode: str) -> list[Finding]:
+    """One finding per (revision, why it cannot render offline), unless its file opts out."""
+    level = "error" if mode == "error" else "warning"
+    return [Finding(
+        revision=script.revision, path=script.path, rule=UNRENDERABLE, level=level,
+        message=f"its SQL cannot be produced offline, so it cannot be linted: {error}",
+        help="make the revision renderable with `alembic upgrade --sql`, or, once reviewed, "
+             f"add `# safe-migrate: ignore={UNRENDERABLE}` to its file", line=0)
+        for script, error in items
+        if UNRENDERABLE not in ignored_rules(revision_source(script))]
+
+
+def lint_pending(project: Project, history: History, revisions: list[str], *,
+                 mode: str = "warn", rules: str = "safety", log: Any = None) -> list[Finding]:
     """Findings for the pending `revisions` (upgrade order). For `upgrade --lint`.
 
-    A revision whose SQL cannot be produced offline (it reads data through op.get_bind())
-    cannot be linted: raises whatever env.py raised; callers decide.
+    A revision that cannot be rendered offline is an `unrenderable` finding; the others
+    are linted all the same.
     """
-    sql = revisions_sql(project, history, revisions)
-    return lint_sql([(history.by_id(rev), sql[rev].lint_sql) for rev in revisions if rev in sql])
+    rendered = revisions_sql(project, history, revisions, log=log)
+    findings = lint_sql([(history.by_id(rev), rendered.sql[rev].lint_sql)
+                         for rev in revisions if rev in rendered.sql],
+                        rules=rule_set(rules, ini_dir=project.ini_path.parent))
+    missing = [(history.by_id(rev), rendered.errors.get(rev, "no offline SQL for it"))
+               for rev in revisions if rev not in rendered.sql]
+    return sort_findings(findings + unrenderable(missing, mode), revisions)
+
+
+def sort_findings(findings: list[Finding], revisions: list[str]) -> list[Finding]:
+    order = {rev: i for i, rev in enumerate(revisions)}
+    return sorted(findings, key=lambda f: (order.get(f.revision, len(order)), f.line))
 
 
 def enforce(findings: list[Finding], mode: str, log: Any) -> None:
     """Log every finding; in `error` mode any finding refuses the run (exit 3)."""
     for f in findings:
         log.warning("lint.finding", revision=f.revision, path=f.path, rule=f.rule,
-                    level=f.level, line=f.line, message=f.message, help=f.help)
+                    level=f.level, line=f.line, statement=f.statement, message=f.message,
+                    help=f.help)
     if mode == "error" and findings:
-        rules = sorted({f"{f.revision}:{f.rule}" for f in findings})
+        shown = "; ".join(_one_line(f) for f in findings[:_SHOWN])
+        more = f"; and {len(findings) - _SHOWN} more" if len(findings) > _SHOWN else ""
         raise PreflightError(
-            f"lint: {len(findings)} finding(s) with --lint error ({', '.join(rules)}); fix them, "
+            f"lint: {len(findings)} finding(s) with --lint error: {shown}{more}. Fix them, "
             "or silence one for a revision with `# safe-migrate: ignore=RULE` in its file",
             findings=[f.to_dict() for f in findings])
+
+
+_SHOWN = 5
+
+
+def _one_line(f: Finding) -> str:
+    where = f"{f.revision} ({f.path})"
+    what = f": `{f.statement}`" if f.statement else f": {f.message}"
+    return f"{where} {f.rule}{what}"

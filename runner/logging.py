@@ -31,11 +31,24 @@ LogFormat = Literal["json", "console", "auto"]
 
 
 def _mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Last line of defence: no password inside any string field reaches the output."""
+    """Last line of defence: no password inside any string reaches the output, however deep
+    (migration.retry's blockers are a list of dicts holding other sessions' queries)."""
     for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = mask_text(value)
+        event_dict[key] = mask_value(value)
     return event_dict
+
+
+def mask_value(value: Any) -> Any:
+    """`value` with every string inside it masked; dicts, lists and tuples are copied."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {key: mask_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [mask_value(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(mask_value(item) for item in value)
+    return value
 
 
 def configure(log_format: LogFormat = "auto", *, stream: Any = None) -> None:

@@ -19,6 +19,7 @@ from runner.urls import parse_url
 
 ARTIFACTS_ROOT = Path("migration-artifacts")
 LINT_MODES: tuple[str, ...] = ("error", "warn", "off")
+LINT_RULE_SETS: tuple[str, ...] = ("safety", "all")  # all: squawk's style rules too
 
 
 @dataclass
@@ -159,6 +160,19 @@ def add_lint_argument(parser: argparse.ArgumentParser) -> None:
                         default=os.environ.get("SAFE_MIGRATE_LINT", "warn"),
                         help="squawk lint of the pending SQL: error refuses on any finding, "
                              "warn reports them, off skips (env SAFE_MIGRATE_LINT; default warn)")
+    parser.add_argument("--lint-rules", choices=list(LINT_RULE_SETS),
+                        default=os.environ.get("SAFE_MIGRATE_LINT_RULES", "safety"),
+                        help="squawk rules: safety (locks and safety; default) or all (its "
+                             "style rules too); a .squawk.toml's excluded_rules decide over "
+                             "both (env SAFE_MIGRATE_LINT_RULES)")
+
+
+def check_lint_arguments(args: argparse.Namespace) -> None:
+    """argparse does not check an environment variable's default: exit 2 here instead."""
+    for flag, value, allowed in (("--lint", args.lint, LINT_MODES),
+                                 ("--lint-rules", args.lint_rules, LINT_RULE_SETS)):
+        if value not in allowed:
+            raise UsageError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
 
 
 def resolve_database_url(flag: str | None) -> URL | None:

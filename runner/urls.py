@@ -11,17 +11,27 @@ from runner.errors import UsageError
 
 _SYNC_DRIVER = "postgresql+psycopg"
 _POSTGRES_NAMES = {"postgresql", "postgres"}
-# Passwords embedded in free text (error messages from drivers, libpq conninfo strings).
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+# Passwords embedded in free text (error messages from drivers, libpq conninfo strings,
+# other sessions' queries). A URL's password runs to the *last* `@` of the word: a password
+# with an unencoded `@` (u:p@ss@host) must not leave its tail in sight.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S+)(?=@)")
 _KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
+# ALTER ROLE ... PASSWORD 'x' in a query text.
+_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>'(?:[^']|'')*')", re.IGNORECASE)
+_PASSWORD_WORD = re.compile("password", re.IGNORECASE)
+# Drivers quote the host they tried: "ss@host" / 'ss@host' is the tail of such a password.
+_QUOTED_AT = re.compile(r"""(?<=["'])[^"'\s/:]*@(?=[^"'\s@/:]*["'])""")
 
 
 def parse_url(text: str) -> URL:
     """Parse and normalize to the sync psycopg driver; UsageError (exit 2) when malformed."""
     try:
         url = make_url(text.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise UsageError(f"malformed database URL {mask_text(text)!r}") from None
+    if url.host and "@" in url.host:
+        raise UsageError(f"malformed database URL {mask_text(text)!r}: the password holds an "
+                         "unencoded '@' (write it as %40)")
     backend = url.get_backend_name()
     if backend not in _POSTGRES_NAMES:
         raise UsageError(f"unsupported database URL {mask(url)!r}: safe-migrate runs on PostgreSQL")
@@ -30,15 +40,22 @@ def parse_url(text: str) -> URL:
 
 
 def mask(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    text = url.render_as_string(hide_password=True)
+    # A password's unencoded '@' made its tail part of the host: mask that too.
+    return mask_text(text) if url.host and "@" in url.host else text
 
 
 def mask_text(text: str) -> str:
     """Mask anything that looks like a password inside arbitrary text."""
-    if "://" not in text and "=" not in text:
-        return text  # neither a URL nor key=value: the common case of every log field
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    # Each pattern only where its word is: most log fields (and plan's SQL) hold none.
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    if _PASSWORD_WORD.search(text):
+        text = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+        text = _SQL_PASSWORD.sub(lambda m: m.group("head") + "'***'", text)
+    if "@" in text:
+        text = _QUOTED_AT.sub("***@", text)
+    return text
 
 
 def same_database(a: URL, b: URL) -> bool:

@@ -22,7 +22,7 @@ from runner.db.connect import connect, first_line
 from runner.db.probe import ProbeResult, probe
 from runner.errors import LintUnavailableError, PreflightError, SafeMigrateError, UsageError
 from runner.lifecycle import embedded_database
-from runner.logging import get_logger
+from runner.logging import get_logger, mask_value
 from runner.planning.history import (
     History,
     applied,
@@ -36,8 +36,8 @@ from runner.planning.history import (
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
-from runner.settings import LINT_MODES, Settings, add_lint_argument
-from runner.urls import mask, mask_text
+from runner.settings import Settings, add_lint_argument, check_lint_arguments
+from runner.urls import mask
 
 #: The common options plan reads (runner.settings.add_common_options).
 COMMON_OPTIONS = ("embedded", "connect_timeout", "ledger_table", "no_ledger")
@@ -84,19 +84,19 @@ class PlannedRevision:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
-    if args.lint not in LINT_MODES:  # argparse does not check an env-var default
-        raise UsageError(f"--lint: expected one of {', '.join(LINT_MODES)}, got {args.lint!r}")
+    check_lint_arguments(args)
     project = load_project(settings)
     hint = str(settings.config_file)
     doc: dict[str, Any] = {"target": settings.target, "from": args.from_rev, "current": None,
                            "preflight": {"ok": False, "error": None}, "pending": [],
-                           "lint": {"mode": args.lint, "findings": 0}, "allowed": False}
+                           "lint": {"mode": args.lint, "rules": args.lint_rules, "findings": 0},
+                           "allowed": False}
     try:
         with embedded_database(settings, project, log):
             history, current, steps = _preflight(settings, args, project, hint, doc, log)
         planned = _describe(project, history, current, steps, log)
         if args.lint != "off":
-            _lint(planned, args.lint, doc, log)
+            _lint(project, planned, args, doc, log)
     except PreflightError as exc:
         doc["preflight"] = {"ok": False, "error": exc.message}
         log.error("preflight.failed", reason=exc.message)
@@ -199,27 +199,28 @@ def _describe(project: Project, history: History, current: tuple[str, ...],
               steps: list[Script], log: Any) -> list[PlannedRevision]:
     planned = [PlannedRevision(script) for script in steps]
     revisions = [p.script.revision for p in planned]
-    sql: dict[str, lint.RevisionSQL] = {}
-    error: str | None = None
-    if revisions:
-        start = current[0] if len(current) == 1 else None
-        try:
-            sql = lint.revisions_sql(project, history, revisions, start=start)
-        except Exception as exc:  # noqa: BLE001 - env.py offline can raise anything
-            error = first_line(mask_text(f"{type(exc).__name__}: {exc}"))
-            log.warning("plan.offline_unavailable", error=error)
+    start = current[0] if len(current) == 1 else None
+    rendered = lint.revisions_sql(project, history, revisions, start=start, log=log)
     for p in planned:
-        p.sql = sql.get(p.script.revision)
-        p.sql_error = None if p.sql else (error or "no offline SQL for this revision")
+        p.sql = rendered.sql.get(p.script.revision)
+        p.sql_error = None if p.sql else rendered.errors.get(
+            p.script.revision, "no offline SQL for this revision")
+        if p.sql_error:
+            log.warning("plan.offline_unavailable", revision=p.script.revision,
+                        path=p.script.path, error=p.sql_error)
         p.reasons = non_transactional_reasons(revision_source(p.script),
                                               p.sql.body if p.sql else None)
     return planned
 
 
-def _lint(planned: list[PlannedRevision], mode: str, doc: dict[str, Any], log: Any) -> None:
+def _lint(project: Project, planned: list[PlannedRevision], args: argparse.Namespace,
+          doc: dict[str, Any], log: Any) -> None:
+    mode = args.lint
     items = [(p.script, p.sql.lint_sql) for p in planned if p.sql is not None]
+    missing = [(p.script, p.sql_error or "") for p in planned if p.sql is None]
     try:
-        findings = lint.lint_sql(items)
+        rules = lint.rule_set(args.lint_rules, ini_dir=project.ini_path.parent)
+        findings = lint.lint_sql(items, rules=rules) + lint.unrenderable(missing, mode)
     except LintUnavailableError as exc:  # as upgrade: only --lint error insists on squawk
         if mode == "error":
             raise
@@ -236,6 +237,7 @@ def _lint(planned: list[PlannedRevision], mode: str, doc: dict[str, Any], log: A
 # -- output ------------------------------------------------------------------------------------
 
 def _output(doc: dict[str, Any], fmt: str) -> None:
+    doc = mask_value(doc)  # a migration's SQL may hold a password (CREATE ROLE ... PASSWORD)
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     else:
@@ -262,8 +264,11 @@ def render_text(doc: dict[str, Any]) -> str:
         else:
             lines.append(f"   (offline SQL unavailable: {rev['sql_error']})")
         for f in rev["findings"]:
-            lines.append(f"   lint {f['level']}: {f['rule']} (sql line {f['line']}): "
+            where = f" (sql line {f['line']})" if f["line"] else ""
+            lines.append(f"   lint {f['level']}: {f['rule']}{where}: "
                          f"{f['message']}" + (f" Hint: {f['help']}" if f["help"] else ""))
+            if f.get("statement"):
+                lines.append(f"      statement: {f['statement']}")
     lint_info = doc["lint"]
     if lint_info.get("unavailable"):
         lines += ["", f"lint ({lint_info['mode']}): not run: {lint_info['unavailable']}"]

@@ -15,6 +15,8 @@ from typing import Any
 
 import alembic
 import psycopg
+from alembic.script.revision import RevisionError
+from alembic.util.exc import CommandError
 
 from runner import __version__, console, github
 from runner.artifacts import Artifacts, Journal, write_termination_log
@@ -23,7 +25,7 @@ from runner.db.connect import connect, first_line
 from runner.db.ledger import parse_table
 from runner.db.migrate import Database, MigrationRecord, Migrator
 from runner.db.objects import Recorded
-from runner.db.probe import probe
+from runner.db.probe import ProbeResult, probe
 from runner.errors import (
     DatabaseUnreachableError,
     ExitCode,
@@ -45,7 +47,7 @@ from runner.recovery.plan import (
     Failure,
 )
 from runner.recovery.recorder import Recorder, read_source
-from runner.settings import Settings, add_lint_argument
+from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.urls import mask, mask_text, psql_url
 
 #: The common options upgrade reads (runner.settings.add_common_options).
@@ -62,7 +64,7 @@ EXAMPLE = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
                         help="revision to upgrade to (default: heads)")
-    add_lint_argument(parser)  # --lint error|warn|off, env SAFE_MIGRATE_LINT, default warn
+    add_lint_argument(parser)  # --lint error|warn|off (default warn), --lint-rules
     parser.add_argument("--expected-schema", metavar="FILE|DIR",
                         default=os.environ.get("SAFE_MIGRATE_EXPECTED_SCHEMA"),
                         help="refuse (exit 3) when the schema differs from the one verify recorded")
@@ -73,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
+    check_lint_arguments(args)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
     project = load_project(settings)
@@ -94,7 +97,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        findings = _lint(args.lint, settings, project, history, log)
+        findings = _lint(args.lint, settings, project, history, log, args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.lint_findings = findings
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
@@ -102,8 +105,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return job.execute(list(expected))
 
 
-def _lint(mode: str, settings: Settings, project: Project, history: History,
-          log: Any) -> list[dict[str, Any]]:
+def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any,
+          rules: str = "safety") -> list[dict[str, Any]]:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
     online run (it removes the `op` proxy the running migrations use). Returns the findings."""
     if mode == "off":
@@ -111,21 +114,21 @@ def _lint(mode: str, settings: Settings, project: Project, history: History,
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
     started = time.monotonic()
+    # Unreachable database, broken env.py, the wrong database: the run would stop too.
+    heads = _probe_with_retries(project, settings).heads
     try:
-        heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
-        if not revisions:
-            return []
-        findings = lint.lint_pending(project, history, revisions)
-    except LintUnavailableError as exc:  # squawk missing: only --lint error insists on it
+    except (CommandError, RevisionError):
+        return []  # an unknown database revision: the run's own preflight refuses it (exit 3)
+    if not revisions:
+        return []
+    try:
+        findings = lint.lint_pending(project, history, revisions, mode=mode, rules=rules,
+                                     log=log)
+    except LintUnavailableError as exc:  # squawk missing or broken: only --lint error insists
         if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
-        return []
-    except SafeMigrateError:
-        raise  # unreachable database, broken env.py, the wrong database: the run would stop too
-    except Exception as exc:  # noqa: BLE001 - no offline SQL (a migration reads data)
-        log.warning("lint.unavailable", error=first_line(str(exc)))
         return []
     log.info("lint.done", revisions=len(revisions), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
@@ -133,6 +136,24 @@ def _lint(mode: str, settings: Settings, project: Project, history: History,
     github.report_lint(found, mode)  # GitHub Actions: annotations on the revision files
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
     return found
+
+
+def _probe_with_retries(project: Project, settings: Settings) -> ProbeResult:
+    """probe(), retried like the run's own connections for up to --connect-timeout: a
+    database that is briefly unreachable must not fail the lint step when the run would wait."""
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
+    for attempt in Retrying(retry=retry_if_exception_type(DatabaseUnreachableError),
+                            stop=stop_after_delay(settings.connect_timeout),
+                            wait=wait_exponential_jitter(multiplier=0.2, max=2.0), reraise=True):
+        with attempt:
+            return probe(project, settings.database_url)
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 
 class UpgradeJob:

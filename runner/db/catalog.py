@@ -9,6 +9,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from runner.urls import mask_text
+
 _USER_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') "
                  "AND n.nspname NOT LIKE 'pg_toast%%'")
 
@@ -22,6 +24,11 @@ class Session:
     state: str | None
     query: str | None
     since: str | None
+
+    def __post_init__(self) -> None:
+        # Its query goes into events, run.json and error messages: never with a password.
+        if self.query:
+            object.__setattr__(self, "query", mask_text(self.query))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from typing import Any
@@ -9,21 +10,24 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 
-from runner.logging import quiet_alembic
+from runner.logging import get_logger, quiet_alembic
 from runner.project import Project
 
 # One header per revision; a merge's reads "-- Running upgrade a, b -> m".
 RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 
 
-def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False) -> str:
+def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False,
+                buffer: io.StringIO | None = None, log: Any = None) -> str:
     """`alembic upgrade --sql START:END` (or downgrade), as alembic's `command` module runs it
     but on the project's already loaded ScriptDirectory: `command.upgrade` would build a new one
     and import every revision file again (0.5 s at 2,000 revisions).
 
-    Raises whatever env.py raises offline (e.g. a migration that reads data).
+    Raises whatever env.py raises offline (e.g. a migration that reads data); the SQL rendered
+    until then is in `buffer` when one is given. What env.py and the migrations print() goes
+    to `offline.output` events, never to stdout (plan's JSON is there).
     """
-    buffer = io.StringIO()
+    buffer = buffer if buffer is not None else io.StringIO()
     # A Config of its own: the SQL goes to our buffer, not to the user's stdout.
     config = Config(file_=project.config.config_file_name,
                     ini_section=project.config.config_ini_section,
@@ -50,9 +54,47 @@ def offline_sql(project: Project, revision_range: str, *, downgrade: bool = Fals
         configure(*args, **kwargs)
 
     env.configure = quiet_configure  # type: ignore[method-assign]
-    with env:
-        script.run_env()
+    printed = _Printed(buffer)
+    try:
+        with env, contextlib.redirect_stdout(printed):
+            script.run_env()
+    finally:
+        printed.log(log or get_logger())
     return buffer.getvalue()
+
+
+class _Printed(io.TextIOBase):
+    """stdout while env.py runs offline: each print() kept under the revision rendering then
+    (the last `-- Running` header in the SQL so far; None before the first)."""
+
+    _MAX_CHARS = 2000  # per revision: an event, not a transcript
+
+    def __init__(self, sql: io.StringIO) -> None:
+        super().__init__()
+        self.sql = sql
+        self.by_revision: dict[str | None, list[str]] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.by_revision.setdefault(_last_header(self.sql.getvalue()), []).append(text)
+        return len(text)
+
+    def log(self, log: Any) -> None:
+        for revision, chunks in self.by_revision.items():
+            text = "".join(chunks).strip()
+            if text:
+                log.info("offline.output", revision=revision, output=text[:self._MAX_CHARS],
+                         truncated=len(text) > self._MAX_CHARS)
+
+
+def _last_header(sql: str) -> str | None:
+    start = sql.rfind("-- Running ")
+    if start < 0:
+        return None
+    match = RUNNING.match(sql, start)
+    return match.group(2) if match else None
 
 
 def downgrade_template(project: Project, revision: str,

@@ -218,3 +218,72 @@ def test_plan_without_squawk_answers_as_upgrade_would(
 def test_plan_unknown_target(make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     ini = make_project([]).add_modules(LINEAR).ini
     assert main(["plan", "-c", str(ini), "--from", "base", "nope"], configure_logging=False) == 3
+
+
+NOISY = '''
+def upgrade():
+    print("backfilling accounts...")
+    op.add_column("accounts", sa.Column("nick", sa.Text))
+
+
+def downgrade():
+    op.drop_column("accounts", "nick")
+'''
+READS_ROWS = '''
+def upgrade():
+    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
+    op.execute(f"COMMENT ON TABLE accounts IS 'had {count} rows'")
+
+
+def downgrade():
+    pass
+'''
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_print_in_a_migration_never_reaches_stdout(
+        fmt: str, make_project: MakeProject, logs: list[dict[str, Any]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ini = make_project([]).add_modules(chained([("r1", CREATE_ACCOUNTS), ("r2", NOISY)])).ini
+    code = main(["plan", "--format", fmt, "-c", str(ini), "--from", "base"],
+                configure_logging=False)
+    out = capsys.readouterr().out
+    assert code == 0 and "backfilling" not in out
+    if fmt == "json":
+        assert [p["revision"] for p in json.loads(out)["pending"]] == ["r1", "r2"]
+    assert [(e["revision"], e["output"]) for e in logs if e["event"] == "offline.output"] == [
+        ("r2", "backfilling accounts...")]
+
+
+def test_plan_lint_error_refuses_an_unrenderable_revision(
+        make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    ini = make_project([]).add_modules(chained(
+        [("r1", CREATE_ACCOUNTS), ("r2", READS_ROWS), ("r3", ADD_NICK)])).ini
+    code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "base", "--lint", "error"])
+    assert code == 3 and doc["allowed"] is False
+    r1, r2, r3 = doc["pending"]
+    assert r1["sql"] and r3["sql"]  # the others still have their SQL
+    assert r2["sql"] is None and "AttributeError" in r2["sql_error"]
+    assert [(f["rule"], f["level"]) for f in r2["findings"]] == [("unrenderable", "error")]
+
+    code, doc = _plan_json(capsys, ["-c", str(ini), "--from", "base", "--lint", "warn"])
+    assert code == 0 and doc["lint"]["findings"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_password_in_a_migrations_sql_is_masked_in_the_plan(
+        fmt: str, make_project: MakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    role = '''
+def upgrade():
+    op.execute("CREATE ROLE reporting LOGIN PASSWORD 'Secret9'")
+
+
+def downgrade():
+    op.execute("DROP ROLE reporting")
+'''
+    ini = make_project([]).add_modules(chained([("r1", role)])).ini
+    code = main(["plan", "--format", fmt, "-c", str(ini), "--from", "base", "--lint", "off"],
+                configure_logging=False)
+    out = capsys.readouterr().out
+    assert code == 0 and "Secret9" not in out
+    assert "CREATE ROLE reporting LOGIN PASSWORD '***'" in out

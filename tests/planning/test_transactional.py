@@ -32,3 +32,24 @@ def test_an_ordinary_revision_is_transactional():
     source = ("def upgrade():\n    op.create_table('commits', sa.Column('id', sa.Integer))\n"
               "    op.add_column('t', sa.Column('vacuumed_at', sa.DateTime))\n")
     assert non_transactional_reasons(source, "CREATE TABLE commits (id INTEGER);\n") == []
+
+
+@pytest.mark.parametrize("text", [
+    '"""Improves vacuum performance; we COMMIT to it, CONCURRENTLY with the app."""',
+    "# VACUUM the table afterwards, CONCURRENTLY: op.execute('COMMIT')",
+])
+def test_docstrings_and_comments_are_not_code(text):
+    source = (f"{text}\nimport sqlalchemy as sa\nfrom alembic import op\n\n\n"
+              f"def upgrade():\n    {text}\n    op.add_column('t', sa.Column('c', sa.Text))"
+              "  # then VACUUM\n")
+    assert non_transactional_reasons(source) == []
+    # The SQL a migration runs still counts, next to the same docstring or comment.
+    assert non_transactional_reasons(source + '    op.execute("VACUUM ANALYZE t")\n') == [
+        "VACUUM"]
+
+
+def test_a_comment_in_the_offline_sql_is_no_marker():
+    sql = "-- create it concurrently later; commit;\nALTER TABLE t ADD c int;\n"
+    assert non_transactional_reasons("def upgrade():\n    pass\n", sql) == []
+    # Source that does not tokenize is matched whole: the safe side.
+    assert non_transactional_reasons('def upgrade(:\n    """vacuum\n') == ["VACUUM"]
