@@ -58,6 +58,20 @@ def downgrade():
     op.drop_index("ix_accounts_email", table_name="accounts")
 '''
 
+# A revision body's tail that fails while SM_FAIL is set: the same migration, broken then fixed.
+FAIL_SWITCH = "if os.environ.get('SM_FAIL'):\n    raise RuntimeError('failing on purpose')"
+
+# A data migration: it reads rows, so it has no offline SQL (lint and plan cannot render it).
+READS_ROWS = '''
+def upgrade():
+    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
+    op.execute(f"COMMENT ON TABLE accounts IS 'had {count} rows'")
+
+
+def downgrade():
+    pass
+'''
+
 GENERIC_ENV = (REPO / "examples" / "basic" / "env.py").read_text()
 
 # Builds its own engine from another section of the ini file, as many real projects do.

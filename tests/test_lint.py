@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CREATE_ACCOUNTS, INDEX_EMAIL, REPO, MakeProject, chained, load_alembic_project
+from support import (
+    CREATE_ACCOUNTS,
+    INDEX_EMAIL,
+    READS_ROWS,
+    REPO,
+    MakeProject,
+    chained,
+    load_alembic_project,
+)
 
 from runner import lint
 from runner.errors import LintUnavailableError, UsageError
@@ -109,16 +117,6 @@ def test_missing_squawk_is_a_usage_error() -> None:
 
 # -- unrenderable revisions, rule sets, statements (issue 14) -----------------------------------
 
-READS_ROWS = '''
-def upgrade():
-    # A data migration: it reads rows, so it has no offline SQL.
-    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
-    op.execute(f"COMMENT ON TABLE accounts IS 'had {count} rows'")
-
-
-def downgrade():
-    pass
-'''
 STYLE = '''
 def upgrade():
     op.create_table("events", sa.Column("id", sa.Integer, primary_key=True),

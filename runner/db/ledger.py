@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -126,8 +127,14 @@ class Ledger:
         """Create the table if missing (under the advisory lock: no race between runners)."""
         if self.exists():
             return
-        self._run(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-            self._name, sql.SQL(_COLUMNS)), (), doing="create the run ledger")
+        try:
+            self._run(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                self._name, sql.SQL(_COLUMNS)), (), doing="create the run ledger")
+        except psycopg.errors.UniqueViolation:
+            # Another service (its own version table, so its own lock) created it at the same
+            # moment: IF NOT EXISTS does not cover that race in the catalog.
+            if not self.exists():
+                raise
 
     # -- writes ------------------------------------------------------------------------------
     def start(self, run_id: str, command: str, *, target: str | None, database_url: str,

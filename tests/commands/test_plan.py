@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
-from support import ADD_NICK, CREATE_ACCOUNTS, MakeProject, chained
+from support import ADD_NICK, CREATE_ACCOUNTS, READS_ROWS, MakeProject, chained
 
 from runner.main import main
 
@@ -228,15 +228,6 @@ def upgrade():
 
 def downgrade():
     op.drop_column("accounts", "nick")
-'''
-READS_ROWS = '''
-def upgrade():
-    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
-    op.execute(f"COMMENT ON TABLE accounts IS 'had {count} rows'")
-
-
-def downgrade():
-    pass
 '''
 
 

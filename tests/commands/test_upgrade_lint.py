@@ -9,18 +9,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from support import CREATE_ACCOUNTS, INDEX_EMAIL, MakeProject, chained, cli_args, version_of
+from support import (
+    CREATE_ACCOUNTS,
+    INDEX_EMAIL,
+    READS_ROWS,
+    MakeProject,
+    chained,
+    cli_args,
+    version_of,
+)
 
-READS_ROWS = '''
-def upgrade():
-    # A data migration: it reads rows, so it has no offline SQL.
-    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
-    op.execute(f"COMMENT ON TABLE accounts IS 'had {count} rows'")
-
-
-def downgrade():
-    pass
-'''
 ADD_NICK = '''
 def upgrade():
     op.add_column("accounts", sa.Column("nick", sa.Text, nullable=True))

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from support import (
+    FAIL_SWITCH,
     cli_args,
     libpq,
     open_transaction,
@@ -24,7 +25,6 @@ from support import (
 
 from runner.db.lock import lock_key
 
-FAIL_SWITCH = "if os.environ.get('SM_FAIL'):\n    raise RuntimeError('failing on purpose')"
 # r2 commits a table of its own (autocommit block), then fails: a partial apply.
 PARTIAL = [
     ("r1", "op.create_table('base_t', sa.Column('id', sa.Integer))"),
@@ -42,6 +42,17 @@ def failing(monkeypatch):
 def ledger_rows(sql, table: str = "public.safe_migrate_runs") -> list[dict]:
     rows = sql(f"SELECT row_to_json(r) FROM {table} r ORDER BY started_at")
     return [row[0] for row in rows]
+
+
+def kill_during(project, db, sql, artifacts: Path, query: str) -> None:
+    """SIGKILL the runner while its migration session runs `query` (the pod is evicted)."""
+    proc = spawn(cli_args(project, db, artifacts=artifacts))
+    deadline = time.monotonic() + 30
+    while not sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE %s", (query + "%",)):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
 
 
 def partial_apply(project, db, run_cli, tmp_path, *extra: str) -> Path:
@@ -251,13 +262,7 @@ def test_a_killed_run_is_recovered_from_the_ledger_alone(make_project, db, sql, 
                "    op.execute('SELECT pg_sleep(2)')"),
     ])
     art = tmp_path / "a"
-    proc = spawn(cli_args(project, db, artifacts=art))
-    deadline = time.monotonic() + 30
-    while not sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(2)%%'"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    kill_during(project, db, sql, art, "SELECT pg_sleep(2)")
     shutil.rmtree(art)
     sql("CREATE TABLE app_made (id int)")
     for _ in range(100):  # the orphaned backend ends its pg_sleep, then sees its client gone
@@ -279,13 +284,7 @@ def test_recover_refuses_while_the_killed_runs_session_still_runs(make_project, 
                "    op.create_table('left_behind', sa.Column('id', sa.Integer))\n"
                "    op.execute('SELECT pg_sleep(30)')"),
     ])
-    proc = spawn(cli_args(project, db, artifacts=tmp_path / "a"))
-    deadline = time.monotonic() + 30
-    while not sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    kill_during(project, db, sql, tmp_path / "a", "SELECT pg_sleep(30)")
     try:
         assert recover(run_cli, project, db, tmp_path / "b", "--execute", "--yes") == 4
         assert "left_behind" in tables_of(sql)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 from support import (
+    FAIL_SWITCH,
     advisory_locks,
     cli_args,
     open_transaction,
@@ -20,8 +21,6 @@ from support import (
     tables_of,
     version_of,
 )
-
-FAIL_SWITCH = "if os.environ.get('SM_FAIL'):\n    raise RuntimeError('failing on purpose')"
 
 
 def plan_of(directory: Path) -> dict:
