@@ -82,14 +82,34 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        _lint(args.lint, settings, project, history, log)
+        heads = _survey(settings, project)
+        _lint(args.lint, settings, project, history, log, heads)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
 
 
-def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any) -> None:
+def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
+    """Run env.py once without changing anything, before anything runs: it must connect to
+    the database asked for, and to one database and version table only (probe refuses a
+    multidb env.py or a loop over tenants, exit 2). Returns the database's heads.
+
+    With the run's connection retries: an unreachable database is retried here as it would
+    be by the migration run itself."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+    from tenacity import wait_exponential_jitter as jitter
+
+    for attempt in Retrying(retry=retry_if_exception_type(DatabaseUnreachableError),
+                            stop=stop_after_delay(settings.connect_timeout),
+                            wait=jitter(multiplier=0.2, max=2.0), reraise=True):
+        with attempt:
+            return probe(project, settings.database_url).heads
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+
+def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any,
+          heads: tuple[str, ...]) -> None:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
     online run (it removes the `op` proxy the running migrations use)."""
     if mode == "off":
@@ -98,7 +118,6 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
 
     started = time.monotonic()
     try:
-        heads = probe(project, settings.database_url).heads
         revisions = [s.revision for s in pending(history, heads, settings.target)]
         if not revisions:
             return

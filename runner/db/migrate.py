@@ -41,7 +41,12 @@ from runner.db import catalog
 from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
-from runner.db.probe import ProbeResult, check_database, where_env_py_connects
+from runner.db.probe import (
+    ProbeResult,
+    check_database,
+    check_one_target,
+    where_env_py_connects,
+)
 from runner.db.xact import begin_step
 from runner.durations import to_postgres_ms
 from runner.errors import (
@@ -288,10 +293,10 @@ class Migrator:
         original(*args, **kwargs)
 
     def _prepare(self, connection: Connection, opts: dict[str, Any]) -> None:
-        # Anything env.py ran (SET search_path, SET ROLE) autobegan a transaction: commit it,
-        # or alembic takes it for an external transaction and never commits (ALEMBIC-NOTES).
-        if connection.in_transaction():
-            connection.commit()
+        # Anything env.py ran (SET search_path, SET ROLE) autobegan a transaction, or env.py
+        # began one itself: commit it, or alembic takes it for an external transaction and
+        # runs every migration in it (ALEMBIC-NOTES).
+        end_env_py_transaction(connection)
         self._configured = True
         # An env.py engine with isolation_level="AUTOCOMMIT" (Dagster's, say): every
         # statement commits on its own, so no step is transactional, whatever its source.
@@ -310,6 +315,9 @@ class Migrator:
         event.listen(connection, "rollback", self._transaction_ended)
         if self.db is None:
             self._open_side(target)
+        else:  # a second database / version table: never migrated without its own lock
+            check_one_target(ProbeResult(self.db.url, self.db.version_table,
+                                         self.db.version_schema), target)
 
     def _open_side(self, target: ProbeResult) -> None:
         url, table, schema = target.url, target.version_table, target.version_schema
@@ -463,6 +471,23 @@ class Migrator:
             return env_py_failure(exc)
         return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                 f"{first_line(mask_text(str(exc)))}")
+
+
+def end_env_py_transaction(connection: Connection) -> None:
+    """Commit what env.py's connection did so far, so that alembic gives each migration its
+    own transaction.
+
+    An env.py that opened `with engine.begin()` / `with connection.begin()` around
+    configure() would otherwise have alembic run the whole range in that one transaction
+    (transaction_per_migration is ignored in an external transaction). Once we committed it,
+    SQLAlchemy would refuse every later statement inside that `with` block ("Can't operate on
+    closed transaction inside context manager"): so the block is detached from the
+    connection, and at its end finds its transaction closed and does nothing.
+    """
+    if connection.in_transaction():
+        connection.commit()
+    if getattr(connection, "_trans_context_manager", None) is not None:
+        connection._trans_context_manager = None  # SQLAlchemy's own exit path tolerates it
 
 
 # A statement that ends the transaction it runs in (not ROLLBACK TO SAVEPOINT).
