@@ -27,10 +27,41 @@ def classify_connect_error(exc: BaseException) -> UsageError | None:
     return None
 
 
+# The database or the role forbids the run, outside any migration: configuration that no
+# retry fixes (exit 2), never "a bug".
+_CONFIGURATION_STATES = {
+    "42501": "the database role lacks a privilege the run needs (create in the version "
+             "table's schema, read and write the version table): grant it, or run as its owner",
+    "25006": "the database is read-only (default_transaction_read_only, or a hot standby): "
+             "point the run at the primary",
+    "3F000": "the schema does not exist (version_table_schema?): create it before the run",
+}
+
+
+def classify_database_error(exc: BaseException) -> UsageError | None:
+    """A privilege, read-only or missing-schema error, as a one-line UsageError."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    hint = _CONFIGURATION_STATES.get(str(state))
+    if hint is None:
+        return None
+    return UsageError(f"{first_line(mask_text(str(orig)))} (SQLSTATE {state}): {hint}",
+                      sqlstate=state)
+
+
+def read_only_error(in_recovery: bool) -> UsageError:
+    what = "a hot standby (in recovery)" if in_recovery else "read-only (transaction_read_only)"
+    return UsageError(f"the database is {what}: nothing was run; point the run at the "
+                      "primary, or turn default_transaction_read_only off", sqlstate="25006")
+
+
 def env_py_failure(exc: BaseException) -> SafeMigrateError:
     """What env.py raised before migrations could start, as the SPEC's error."""
     if isinstance(exc, SafeMigrateError):
         return exc
+    configuration = classify_database_error(exc)
+    if configuration is not None:
+        return configuration
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         orig = getattr(exc, "orig", exc)
         return classify_connect_error(orig) or DatabaseUnreachableError(

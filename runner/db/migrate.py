@@ -38,7 +38,14 @@ from tenacity import (
 )
 
 from runner.db import catalog
-from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
+from runner.db.connect import (
+    classify_connect_error,
+    classify_database_error,
+    connect,
+    env_py_failure,
+    first_line,
+    read_only_error,
+)
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
 from runner.db.probe import (
@@ -306,7 +313,12 @@ class Migrator:
         exec_ = connection.exec_driver_sql
         exec_(self._timeouts)  # again at every step's start (begin_step): see there
         exec_("SET application_name = 'safe-migrate-migration'")
-        self._pid = int(exec_("SELECT pg_backend_pid()").scalar_one())
+        pid, read_only, in_recovery = exec_(
+            "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
+            "pg_is_in_recovery()").one()
+        if read_only or in_recovery:  # refused before the lock, before anything runs
+            raise read_only_error(bool(in_recovery))
+        self._pid = int(pid)
         target = where_env_py_connects(connection, opts)
         if connection.in_transaction():
             connection.commit()
@@ -469,6 +481,11 @@ class Migrator:
     def _failure_outside_migration(self, exc: BaseException) -> SafeMigrateError:
         if isinstance(exc, SafeMigrateError) or not self._configured:
             return env_py_failure(exc)
+        # alembic creating or reading the version table: a privilege, a read-only database,
+        # a version_table_schema that does not exist (exit 2).
+        configuration = classify_database_error(exc)
+        if configuration is not None:
+            return configuration
         return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                 f"{first_line(mask_text(str(exc)))}")
 
