@@ -247,7 +247,15 @@ class UpgradeJob:
                 if isinstance(error, PreflightError):
                     self.log.error("preflight.failed", reason=error.message)
             if error is None:
-                error = self._verify(expected)
+                try:
+                    error = self._verify(expected)
+                except psycopg.OperationalError as exc:
+                    # The runner's own session died under the run (terminated, a restart):
+                    # what ran is committed, the check did not happen. Retry-safe (exit 7):
+                    # the next run has nothing to do and verifies.
+                    error = DatabaseUnreachableError(
+                        "lost the runner's own session after the migrations ran: post-run "
+                        f"verification could not run ({first_line(mask_text(str(exc)))})")
         finally:
             outcome = self._finish(error, expected)
         if error is not None:

@@ -70,6 +70,16 @@ def env_py_failure(exc: BaseException) -> SafeMigrateError:
                       f"{first_line(mask_text(str(exc)))}")
 
 
+def outlive_idle_timeout(conn: psycopg.Connection[Any]) -> None:
+    """Our sessions idle while the migrations run (the advisory lock's above all): a server
+    or role `idle_session_timeout` (PostgreSQL 14+) would end them, and the lock with its
+    session, silently. Switched off for the session itself."""
+    if conn.info.server_version >= 140000:
+        conn.execute("SET idle_session_timeout = 0")
+        if not conn.autocommit:
+            conn.commit()
+
+
 def first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else text
@@ -103,7 +113,9 @@ def connect(url: URL, *, timeout: float, autocommit: bool = True,
             reraise=True,
         ):
             with attempt:
-                return psycopg.connect(autocommit=autocommit, **kwargs)
+                conn = psycopg.connect(autocommit=autocommit, **kwargs)
+                outlive_idle_timeout(conn)
+                return conn
     except psycopg.OperationalError as exc:
         usage = classify_connect_error(exc)
         if usage is not None:

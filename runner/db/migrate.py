@@ -313,6 +313,8 @@ class Migrator:
         exec_ = connection.exec_driver_sql
         exec_(self._timeouts)  # again at every step's start (begin_step): see there
         exec_("SET application_name = 'safe-migrate-migration'")
+        if (connection.dialect.server_version_info or (0,)) >= (14,):
+            exec_("SET idle_session_timeout = 0")  # it idles while we wait for the lock
         pid, read_only, in_recovery = exec_(
             "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
             "pg_is_in_recovery()").one()
