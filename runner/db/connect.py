@@ -41,7 +41,7 @@ _CONFIGURATION_STATES = {
 def classify_database_error(exc: BaseException) -> UsageError | None:
     """A privilege, read-only or missing-schema error, as a one-line UsageError."""
     orig = getattr(exc, "orig", None) or exc
-    state = getattr(orig, "sqlstate", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg2: pgcode
     hint = _CONFIGURATION_STATES.get(str(state))
     if hint is None:
         return None

@@ -54,7 +54,7 @@ from runner.db.probe import (
     check_one_target,
     where_env_py_connects,
 )
-from runner.db.xact import begin_step
+from runner.db.xact import begin_step, run_each
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -140,7 +140,8 @@ class Hooks(Protocol):
 def sqlstate_of(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
-        state = getattr(seen, "sqlstate", None)
+        # psycopg 3 and asyncpg say sqlstate, psycopg2 pgcode
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
         if state:
             return str(state)
         seen = getattr(seen, "orig", None) or seen.__cause__
@@ -311,7 +312,7 @@ class Migrator:
             connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
             or getattr(connection.connection.dbapi_connection, "autocommit", False) is True)
         exec_ = connection.exec_driver_sql
-        exec_(self._timeouts)  # again at every step's start (begin_step): see there
+        run_each(connection, self._timeouts)  # again at every step's start (begin_step)
         exec_("SET application_name = 'safe-migrate-migration'")
         if (connection.dialect.server_version_info or (0,)) >= (14,):
             exec_("SET idle_session_timeout = 0")  # it idles while we wait for the lock

@@ -215,7 +215,7 @@ def test_x_arguments_reach_env_py(make_project, db, sql, run_cli, tmp_path):
 
 
 def test_database_url_file_and_async_url(make_project, db, sql, tmp_path, monkeypatch, run_cli):
-    project = make_project(FIVE[:1])
+    project = make_project(FIVE[:1], env_style="async")  # an asyncpg URL needs an async env.py
     url_file = tmp_path / "url"
     url_file.write_text(db.set(drivername="postgresql+asyncpg").render_as_string(
         hide_password=False) + "\n")
@@ -501,3 +501,32 @@ def test_multidb_template_second_database_refused_before_anything_runs(
             assert conn.execute("SELECT to_regclass('engine2_t')").fetchone() == (None,)
     finally:
         server.drop_database(other)
+
+
+# What each driver does that psycopg 3 does not: asyncpg leaves a lone % alone in
+# exec_driver_sql (psycopg 3: "only '%s', '%b', '%t' are allowed"); psycopg2 interpolates a
+# str parameter client-side, where SQLAlchemy's psycopg 3 dialect renders a ::VARCHAR cast
+# (an integer column then refuses it, SQLSTATE 42804).
+ON_THE_USERS_DRIVER = {
+    "asyncpg": "assert op.get_bind().exec_driver_sql("
+               "\"SELECT format('%I.%I', 'a', 'b')\").scalar() == 'a.b'",
+    "psycopg2": "op.execute('CREATE TABLE nums (n int)')\n"
+                "op.get_bind().execute(sa.text('INSERT INTO nums (n) VALUES (:n)'), {'n': '5'})",
+}
+RAN_ON = "op.execute(f'CREATE TABLE ran_on_{op.get_bind().dialect.driver} (id int)')"
+
+
+@pytest.mark.parametrize(("driver", "style"), [("psycopg2", "generic"), ("asyncpg", "async")])
+def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project, db, sql,
+                                                    run_cli, tmp_path, logs):
+    """--database-url postgresql+<driver>://: env.py gets that URL, as under bare alembic; the
+    runner's own sessions (lock, monitor, ledger) still work on psycopg 3."""
+    project = make_project([("r1", ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON),
+                            ("r2", FIVE[1][1])], env_style=style)
+    url = db.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
+                    "json", "--artifacts-dir", str(tmp_path / "a")]) == 0
+    assert version_of(sql) == ["r2"]
+    assert tables_of(sql) - {"nums"} == {f"ran_on_{driver}", "t2"}
+    assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
+    assert "+psycopg://" in events_named(logs, "database")[0]["url"]  # our side sessions
