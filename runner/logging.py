@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -45,19 +46,28 @@ class JsonLines(io.TextIOBase):
         super().__init__()
         self.stream = stream
         self._partial = ""
+        self._lock = threading.Lock()  # a migration's threads may write too
 
     def write(self, text: str) -> int:
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._emit(line)
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._emit(line)
         return len(text)
 
     def flush(self) -> None:
-        if self._partial:
-            self._emit(self._partial)
-            self._partial = ""
+        with self._lock:
+            if self._partial:
+                self._emit(self._partial)
+                self._partial = ""
         self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:  # buffer, errors, ...: the real stream's
+        return getattr(self.stream, name)
 
     def _emit(self, line: str) -> None:
         if not line.strip():

@@ -56,3 +56,20 @@ def test_our_loggers_made_after_env_py_configured_structlog_stay_ours(
     assert len(status) == 1 and {"level", "timestamp"} <= set(status[0])
     # What env.py and the migrations wrote to stderr is there, each line an event of its own.
     assert any(e["event"] == "output" and "env.py loaded" in e["text"] for e in events)
+
+
+def test_json_lines_wraps_other_output_line_by_line():
+    import io
+
+    from runner.logging import JsonLines
+
+    out = io.StringIO()
+    stream = JsonLines(out)
+    stream.write('plain text\n{"event": "theirs"}\npart')
+    stream.write("ial postgresql://u:secret@h/db\n")
+    stream.write("no newline yet")
+    stream.flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line.get("text", line["event"]) for line in lines] == [
+        "plain text", "theirs", "partial postgresql://u:***@h/db", "no newline yet"]
+    assert all(line["event"] == "output" for line in (lines[0], lines[2], lines[3]))
