@@ -375,6 +375,10 @@ def not_version_table_owner(ctx: Ctx) -> list[str]:
     return ctx.args(ctx.project(), "--no-ledger", url=url)
 
 
+def not_version_table_owner_ledger(ctx: Ctx) -> list[str]:
+    return not_version_table_owner(ctx)[:-1]  # the ledger could be created: the table cannot
+
+
 def read_only_database(ctx: Ctx) -> list[str]:
     ctx.sql(f'ALTER DATABASE "{ctx.db.database}" SET default_transaction_read_only = on')
     return ctx.args(ctx.project())
@@ -462,6 +466,7 @@ CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (no_create_on_schema, 2, "run ledger"),
     (no_create_on_schema_no_ledger, 2, "permission denied"),
     (not_version_table_owner, 2, "permission denied"),
+    (not_version_table_owner_ledger, 2, "permission denied"),
     (read_only_database, 2, "read-only"),
     (read_only_database_no_ledger, 2, "read-only"),
     (missing_version_schema, 2, "nope"),
