@@ -197,6 +197,19 @@ ENV_STYLES = {"generic": GENERIC_ENV, "section-engine": SECTION_ENGINE_ENV,
               "tenant-loop": TENANT_LOOP_ENV}
 
 
+# What each driver does that psycopg 3 does not: asyncpg leaves a lone % alone in
+# exec_driver_sql (psycopg 3: "only '%s', '%b', '%t' are allowed"); psycopg2 interpolates a
+# str parameter client-side, where SQLAlchemy's psycopg 3 dialect renders a ::VARCHAR cast
+# (an integer column then refuses it, SQLSTATE 42804).
+ON_THE_USERS_DRIVER = {
+    "asyncpg": "assert op.get_bind().exec_driver_sql("
+               "\"SELECT format('%I.%I', 'a', 'b')\").scalar() == 'a.b'",
+    "psycopg2": "op.execute('CREATE TABLE nums (n int)')\n"
+                "op.get_bind().execute(sa.text('INSERT INTO nums (n) VALUES (:n)'), {'n': '5'})",
+}
+RAN_ON = "op.execute(f'CREATE TABLE ran_on_{op.get_bind().dialect.driver} (id int)')"
+
+
 @dataclass
 class Server:
     url: URL  # maintenance database URL
