@@ -46,8 +46,9 @@ def load_project(settings: Settings) -> Project:
         if isinstance(exc, UsageError):
             raise
         raise UsageError(f"alembic config {path} is malformed: {exc}".splitlines()[0]) from None
-    if settings.database_url is not None:
-        set_url(config, settings.database_url.render_as_string(hide_password=False))
+    given = settings.env_py_url or settings.database_url  # env.py gets the user's driver
+    if given is not None:
+        set_url(config, given.render_as_string(hide_password=False))
     return Project(config=config, script=script)
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from runner.durations import DURATION_HELP, parse_duration
 from runner.errors import UsageError
@@ -48,6 +48,10 @@ class Settings:
     # --artifacts-dir (always a parent: each run writes <root>/<run-id>/), where status and
     # recover look for past runs.
     artifacts_root: Path = ARTIFACTS_ROOT
+    # The URL as the user gave it, driver included (+psycopg2, +asyncpg): what env.py gets as
+    # sqlalchemy.url, so that migrations run on that driver as under bare alembic.
+    # database_url is the same server normalized to psycopg 3, for the runner's own sessions.
+    env_py_url: URL | None = None
 
 
 def new_run_id() -> str:
@@ -177,6 +181,16 @@ def check_lint_arguments(args: argparse.Namespace) -> None:
 
 def resolve_database_url(flag: str | None) -> URL | None:
     """--database-url, then DATABASE_URL, then DATABASE_URL_FILE; None: use alembic.ini/env.py."""
+    text = database_url_text(flag)
+    return parse_url(text) if text else None
+
+
+def as_given(text: str | None) -> URL | None:
+    """The URL with the user's driver (parse_url validated it first)."""
+    return make_url(text.strip()) if text else None
+
+
+def database_url_text(flag: str | None) -> str | None:
     text = flag or os.environ.get("DATABASE_URL")
     if not text and os.environ.get("DATABASE_URL_FILE"):
         path = Path(os.environ["DATABASE_URL_FILE"])
@@ -186,7 +200,7 @@ def resolve_database_url(flag: str | None) -> URL | None:
             raise UsageError(f"DATABASE_URL_FILE {path}: {exc.strerror}") from None
         if not text:
             raise UsageError(f"DATABASE_URL_FILE {path} is empty")
-    return parse_url(text) if text else None
+    return text or None
 
 
 def _int(value: str, flag: str) -> int:
@@ -201,13 +215,15 @@ def _int(value: str, flag: str) -> int:
 
 def from_args(args: argparse.Namespace) -> Settings:
     run_id = new_run_id()
+    url_text = database_url_text(args.database_url)
     root = Path(args.artifacts_dir) if args.artifacts_dir else ARTIFACTS_ROOT
     return Settings(
         command=args.command,
         config_file=Path(args.config),
         ini_section=args.name,
         x_args=list(args.x),
-        database_url=resolve_database_url(args.database_url),
+        database_url=parse_url(url_text) if url_text else None,
+        env_py_url=as_given(url_text),
         embedded=args.embedded,
         lock_timeout=parse_duration(args.lock_timeout, flag="--lock-timeout"),
         statement_timeout=parse_duration(args.statement_timeout, flag="--statement-timeout"),

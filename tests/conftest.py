@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from structlog.testing import capture_logs
 from support import Project, Server, libpq, write_project
 
+from runner import logging as runner_logging
 from runner.embedded import EmbeddedPostgres
 from runner.main import main
 
@@ -40,6 +41,7 @@ def logs() -> Iterator[list[dict[str, Any]]]:
     commands' own output. In-process runs use main(..., configure_logging=False) to keep it so."""
     with capture_logs() as captured:
         yield captured
+    runner_logging.reset()  # a test that ran main() with its own logging set-up
 
 
 @pytest.fixture

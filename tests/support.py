@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import alembic
 import psycopg
 from sqlalchemy.engine import URL
 
@@ -137,8 +138,90 @@ else:
     run_migrations_online()
 '''
 
+# env.py shapes that hand alembic a connection inside a transaction they began themselves.
+ENGINE_BEGIN_ENV = GENERIC_ENV.replace("with connectable.connect() as connection:",
+                                       "with connectable.begin() as connection:")
+CONNECTION_BEGIN_ENV = GENERIC_ENV.replace(
+    "        context.configure(\n"
+    "            connection=connection, target_metadata=target_metadata\n        )\n\n"
+    "        with context.begin_transaction():\n            context.run_migrations()",
+    "        with connection.begin():\n            context.configure(\n"
+    "                connection=connection, target_metadata=target_metadata\n            )\n"
+    "            with context.begin_transaction():\n                context.run_migrations()")
+assert ENGINE_BEGIN_ENV != GENERIC_ENV and CONNECTION_BEGIN_ENV != GENERIC_ENV
+
+_ALEMBIC_TEMPLATES = Path(alembic.__file__).parent / "templates"
+# alembic's own `async` and `multidb` templates, unchanged.
+ASYNC_ENV = (_ALEMBIC_TEMPLATES / "async" / "env.py").read_text()
+MULTIDB_ENV = (_ALEMBIC_TEMPLATES / "multidb" / "env.py").read_text()
+
+# Schema per tenant: `-x tenant=acme` picks the schema; the version table lives in it.
+TENANT_ENV = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+tenant = context.get_x_argument(as_dictionary=True).get("tenant", "public")
+
+def run_migrations_online():
+    engine = engine_from_config(config.get_section(config.config_ini_section, {}),
+                                prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'SET search_path TO "{tenant}"')
+        context.configure(connection=connection, target_metadata=None,
+                          version_table_schema=tenant)
+        with context.begin_transaction():
+            context.run_migrations()
+
+def run_migrations_offline():
+    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True,
+                      version_table_schema=tenant)
+    with context.begin_transaction():
+        context.run_migrations()
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
+'''
+
+# Every tenant in one env.py run (`-x tenants=acme,globex`): one version table per schema.
+TENANT_LOOP_ENV = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+tenants = context.get_x_argument(as_dictionary=True)["tenants"].split(",")
+
+engine = engine_from_config(config.get_section(config.config_ini_section, {}),
+                            prefix="sqlalchemy.", poolclass=pool.NullPool)
+for tenant in tenants:
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'SET search_path TO "{tenant}"')
+        context.configure(connection=connection, target_metadata=None,
+                          version_table_schema=tenant)
+        with context.begin_transaction():
+            context.run_migrations()
+'''
+
 ENV_STYLES = {"generic": GENERIC_ENV, "section-engine": SECTION_ENGINE_ENV,
-              "connection-attribute": CONNECTION_ATTRIBUTE_ENV}
+              "connection-attribute": CONNECTION_ATTRIBUTE_ENV,
+              "engine-begin": ENGINE_BEGIN_ENV, "connection-begin": CONNECTION_BEGIN_ENV,
+              "async": ASYNC_ENV, "multidb": MULTIDB_ENV, "tenant": TENANT_ENV,
+              "tenant-loop": TENANT_LOOP_ENV}
+
+
+# What each driver does that psycopg 3 does not: asyncpg leaves a lone % alone in
+# exec_driver_sql (psycopg 3: "only '%s', '%b', '%t' are allowed"); psycopg2 interpolates a
+# str parameter client-side, where SQLAlchemy's psycopg 3 dialect renders a ::VARCHAR cast
+# (an integer column then refuses it, SQLSTATE 42804).
+ON_THE_USERS_DRIVER = {
+    "asyncpg": "assert op.get_bind().exec_driver_sql("
+               "\"SELECT format('%I.%I', 'a', 'b')\").scalar() == 'a.b'",
+    "psycopg2": "op.execute('CREATE TABLE nums (n int)')\n"
+                "op.get_bind().execute(sa.text('INSERT INTO nums (n) VALUES (:n)'), {'n': '5'})",
+}
+RAN_ON = "op.execute(f'CREATE TABLE ran_on_{op.get_bind().dialect.driver} (id int)')"
 
 
 @dataclass

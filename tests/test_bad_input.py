@@ -374,6 +374,92 @@ def async_url_without_asyncpg(ctx: Ctx) -> list[str]:
     return args[:i] + args[i + 2:]
 
 
+def _limited_role(ctx: Ctx, *grants: str) -> str:
+    """A login role with USAGE on public and the given grants (CREATE on public revoked from
+    PUBLIC); dropped at the end of the test. Returns its URL."""
+    role = f"sm_lim_{uuid.uuid4().hex[:8]}"
+    password = "lim-pw-1234"
+    ctx.sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    ctx.sql(f'GRANT CONNECT ON DATABASE "{ctx.db.database}" TO {role}')
+    ctx.sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    ctx.sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+    for grant in grants:
+        ctx.sql(grant.format(role=role))
+
+    def drop() -> None:
+        ctx.sql(f"DROP OWNED BY {role}")
+        ctx.sql(f"DROP ROLE IF EXISTS {role}")
+
+    ctx.request.addfinalizer(drop)
+    return ctx.db.set(username=role, password=password).render_as_string(hide_password=False)
+
+
+def no_create_on_schema(ctx: Ctx) -> list[str]:
+    """A fresh database (no version table yet) and a role that cannot create in the schema:
+    the run ledger is the first thing it cannot create."""
+    ctx.sql("DROP TABLE alembic_version, t1")
+    ctx.sql("DROP TABLE IF EXISTS safe_migrate_runs")
+    return ctx.args(ctx.project(), url=_limited_role(ctx))
+
+
+def no_create_on_schema_no_ledger(ctx: Ctx) -> list[str]:
+    """...and without the ledger: alembic's CREATE TABLE alembic_version is refused."""
+    return [*no_create_on_schema(ctx), "--no-ledger"]
+
+
+def not_version_table_owner(ctx: Ctx) -> list[str]:
+    """The role may create in the schema, but the version table is another role's and it
+    has no privilege on it."""
+    url = _limited_role(ctx, "GRANT CREATE ON SCHEMA public TO {role}")
+    return ctx.args(ctx.project(), "--no-ledger", url=url)
+
+
+def not_version_table_owner_ledger(ctx: Ctx) -> list[str]:
+    return not_version_table_owner(ctx)[:-1]  # the ledger could be created: the table cannot
+
+
+def read_only_database(ctx: Ctx) -> list[str]:
+    ctx.sql(f'ALTER DATABASE "{ctx.db.database}" SET default_transaction_read_only = on')
+    return ctx.args(ctx.project())
+
+
+def read_only_database_no_ledger(ctx: Ctx) -> list[str]:
+    return [*read_only_database(ctx), "--no-ledger"]
+
+
+def missing_version_schema(ctx: Ctx) -> list[str]:
+    project = ctx.project()
+    env = project.root / "env.py"
+    env.write_text(env.read_text().replace(
+        "connection=connection, target_metadata=target_metadata",
+        "connection=connection, target_metadata=target_metadata, version_table_schema='nope'"))
+    return ctx.args(project, "--no-ledger")
+
+
+def missing_version_schema_ledger(ctx: Ctx) -> list[str]:
+    return missing_version_schema(ctx)[:-1]
+
+
+def two_version_rows(ctx: Ctx) -> list[str]:
+    """An unbranched history, yet the version table names two revisions."""
+    project = ctx.project([("r1", R1), ("r2", R2),
+                           ("r3", "op.create_table('t3', sa.Column('id', sa.Integer))")])
+    ctx.sql("INSERT INTO alembic_version VALUES ('r2')")
+    return ctx.args(project)
+
+
+def relative_target_down(ctx: Ctx) -> list[str]:
+    return ctx.args(ctx.project(), "-1")
+
+
+def relative_target_up(ctx: Ctx) -> list[str]:
+    return ctx.args(ctx.project(), "+1")
+
+
+def relative_target_named(ctx: Ctx) -> list[str]:
+    return ctx.args(ctx.project(), "r1+1")
+
+
 #: (case, exit code, distinctive substring of the error line)
 CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (unknown_flag, 2, "--frobnicate"),
@@ -421,6 +507,18 @@ CASES: list[tuple[Callable[[Ctx], list[str]], int, str]] = [
     (recover_embedded, 2, "nothing to recover"),
     (no_database_url, 2, "no database URL: pass --database-url URL, or set DATABASE_URL"),
     (async_url_without_asyncpg, 2, "pip install asyncpg"),
+    (no_create_on_schema, 2, "run ledger"),
+    (no_create_on_schema_no_ledger, 2, "permission denied"),
+    (not_version_table_owner, 2, "permission denied"),
+    (not_version_table_owner_ledger, 2, "permission denied"),
+    (read_only_database, 2, "read-only"),
+    (read_only_database_no_ledger, 2, "read-only"),
+    (missing_version_schema, 2, "nope"),
+    (missing_version_schema_ledger, 2, "nope"),
+    (two_version_rows, 3, "r1, r2"),
+    (relative_target_down, 3, "relative"),
+    (relative_target_up, 3, "relative"),
+    (relative_target_named, 3, "relative"),
 ]
 
 

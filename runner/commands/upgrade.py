@@ -25,7 +25,7 @@ from runner.db.connect import connect, first_line
 from runner.db.ledger import parse_table
 from runner.db.migrate import Database, MigrationRecord, Migrator
 from runner.db.objects import Recorded
-from runner.db.probe import ProbeResult, probe
+from runner.db.probe import probe
 from runner.errors import (
     DatabaseUnreachableError,
     ExitCode,
@@ -97,7 +97,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        findings = _lint(args.lint, settings, project, history, log, args.lint_rules)
+        heads = _survey(settings, project)
+        findings = _lint(args.lint, settings, project, history, log, heads,
+                         args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.lint_findings = findings
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
@@ -105,8 +107,26 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return job.execute(list(expected))
 
 
+def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
+    """Run env.py once without changing anything, before anything runs: it must connect to
+    the database asked for, and to one database and version table only (probe refuses a
+    multidb env.py or a loop over tenants, exit 2). Returns the database's heads.
+
+    With the run's connection retries: an unreachable database is retried here as it would
+    be by the migration run itself."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay
+    from tenacity import wait_exponential_jitter as jitter
+
+    for attempt in Retrying(retry=retry_if_exception_type(DatabaseUnreachableError),
+                            stop=stop_after_delay(settings.connect_timeout),
+                            wait=jitter(multiplier=0.2, max=2.0), reraise=True):
+        with attempt:
+            return probe(project, settings.database_url).heads
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+
 def _lint(mode: str, settings: Settings, project: Project, history: History, log: Any,
-          rules: str = "safety") -> list[dict[str, Any]]:
+          heads: tuple[str, ...], rules: str = "safety") -> list[dict[str, Any]]:
     """Lint what is pending, before the run: alembic's offline mode cannot nest inside the
     online run (it removes the `op` proxy the running migrations use). Returns the findings."""
     if mode == "off":
@@ -114,8 +134,6 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
     from runner import lint  # only when it runs: squawk, the offline SQL splitter
 
     started = time.monotonic()
-    # Unreachable database, broken env.py, the wrong database: the run would stop too.
-    heads = _probe_with_retries(project, settings).heads
     try:
         revisions = [s.revision for s in pending(history, heads, settings.target)]
     except (CommandError, RevisionError):
@@ -136,24 +154,6 @@ def _lint(mode: str, settings: Settings, project: Project, history: History, log
     github.report_lint(found, mode)  # GitHub Actions: annotations on the revision files
     lint.enforce(findings, mode, log)  # logs lint.finding; error -> PreflightError (exit 3)
     return found
-
-
-def _probe_with_retries(project: Project, settings: Settings) -> ProbeResult:
-    """probe(), retried like the run's own connections for up to --connect-timeout: a
-    database that is briefly unreachable must not fail the lint step when the run would wait."""
-    from tenacity import (
-        Retrying,
-        retry_if_exception_type,
-        stop_after_delay,
-        wait_exponential_jitter,
-    )
-
-    for attempt in Retrying(retry=retry_if_exception_type(DatabaseUnreachableError),
-                            stop=stop_after_delay(settings.connect_timeout),
-                            wait=wait_exponential_jitter(multiplier=0.2, max=2.0), reraise=True):
-        with attempt:
-            return probe(project, settings.database_url)
-    raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 
 class UpgradeJob:
@@ -267,7 +267,15 @@ class UpgradeJob:
                 if isinstance(error, PreflightError):
                     self.log.error("preflight.failed", reason=error.message)
             if error is None:
-                error = self._verify(expected)
+                try:
+                    error = self._verify(expected)
+                except psycopg.OperationalError as exc:
+                    # The runner's own session died under the run (terminated, a restart):
+                    # what ran is committed, the check did not happen. Retry-safe (exit 7):
+                    # the next run has nothing to do and verifies.
+                    error = DatabaseUnreachableError(
+                        "lost the runner's own session after the migrations ran: post-run "
+                        f"verification could not run ({first_line(mask_text(str(exc)))})")
         finally:
             outcome = self._finish(error, expected)
         if error is not None:

@@ -81,8 +81,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     history = load_history(project.script, config_hint=str(settings.config_file))
     need_dump = bool(args.write_schema or args.schema_dir)
     log.info("run.start", command="verify", revisions=len(history.revisions))
+    driver = settings.env_py_url.drivername if settings.env_py_url else None
     with scratch_database(settings, log, keep=args.keep) as scratch, \
-            _pointed_at(project, scratch):
+            _pointed_at(project, scratch, driver):
         pg_dump = None
         if need_dump:
             pg_dump = snapshot.find_pg_dump(settings.pg_dump or scratch.pg_dump)
@@ -109,15 +110,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 # -- scratch database --------------------------------------------------------------------------
 
 @contextmanager
-def _pointed_at(project: Project, scratch: Scratch) -> Iterator[None]:
+def _pointed_at(project: Project, scratch: Scratch, driver: str | None) -> Iterator[None]:
     """Point env.py at the scratch database, and make sure it listens: the stairway runs
     downgrades, which must never reach the database env.py would otherwise connect to.
 
     env.py gets the scratch URL as sqlalchemy.url and, for the many env.py files that read it
     themselves, as DATABASE_URL (which for verify names the server to put the scratch
-    database on, often a real database of that server).
+    database on, often a real database of that server). With the driver --database-url
+    names (+psycopg2, +asyncpg), as upgrade hands it to env.py.
     """
-    url = scratch.url.render_as_string(hide_password=False)
+    url = (scratch.url.set(drivername=driver) if driver else scratch.url).render_as_string(
+        hide_password=False)
     set_url(project.config, url)
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url

@@ -33,6 +33,34 @@ NO_URL = ("no database URL: pass --database-url URL, or set DATABASE_URL (DATABA
           "for a mounted secret), or try it on a throwaway server with --embedded")
 
 
+# The database or the role forbids the run, outside any migration: configuration that no
+# retry fixes (exit 2), never "a bug".
+_CONFIGURATION_STATES = {
+    "42501": "the database role lacks a privilege the run needs (create in the version "
+             "table's schema, read and write the version table): grant it, or run as its owner",
+    "25006": "the database is read-only (default_transaction_read_only, or a hot standby): "
+             "point the run at the primary",
+    "3F000": "the schema does not exist (version_table_schema?): create it before the run",
+}
+
+
+def classify_database_error(exc: BaseException) -> UsageError | None:
+    """A privilege, read-only or missing-schema error, as a one-line UsageError."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg2: pgcode
+    hint = _CONFIGURATION_STATES.get(str(state))
+    if hint is None:
+        return None
+    return UsageError(f"{first_line(mask_text(str(orig)))} (SQLSTATE {state}): {hint}",
+                      sqlstate=state)
+
+
+def read_only_error(in_recovery: bool) -> UsageError:
+    what = "a hot standby (in recovery)" if in_recovery else "read-only (transaction_read_only)"
+    return UsageError(f"the database is {what}: nothing was run; point the run at the "
+                      "primary, or turn default_transaction_read_only off", sqlstate="25006")
+
+
 def env_py_failure(exc: BaseException) -> SafeMigrateError:
     """What env.py raised before migrations could start, as the SPEC's error."""
     if isinstance(exc, SafeMigrateError):
@@ -42,6 +70,9 @@ def env_py_failure(exc: BaseException) -> SafeMigrateError:
                           f"not installed: pip install {DRIVER_PACKAGES[exc.name]}")
     if _no_url(exc):
         return UsageError(NO_URL)
+    configuration = classify_database_error(exc)
+    if configuration is not None:
+        return configuration
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         orig = getattr(exc, "orig", exc)
         return classify_connect_error(orig) or DatabaseUnreachableError(
@@ -57,6 +88,16 @@ def _no_url(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.ArgumentError) and (
         "Could not parse SQLAlchemy URL from given URL string" in str(exc)
         or "got None" in str(exc))
+
+
+def outlive_idle_timeout(conn: psycopg.Connection[Any]) -> None:
+    """Our sessions idle while the migrations run (the advisory lock's above all): a server
+    or role `idle_session_timeout` (PostgreSQL 14+) would end them, and the lock with its
+    session, silently. Switched off for the session itself."""
+    if conn.info.server_version >= 140000:
+        conn.execute("SET idle_session_timeout = 0")
+        if not conn.autocommit:
+            conn.commit()
 
 
 def first_line(text: str) -> str:
@@ -92,7 +133,9 @@ def connect(url: URL, *, timeout: float, autocommit: bool = True,
             reraise=True,
         ):
             with attempt:
-                return psycopg.connect(autocommit=autocommit, **kwargs)
+                conn = psycopg.connect(autocommit=autocommit, **kwargs)
+                outlive_idle_timeout(conn)
+                return conn
     except psycopg.OperationalError as exc:
         usage = classify_connect_error(exc)
         if usage is not None:

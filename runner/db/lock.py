@@ -13,8 +13,9 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from runner.db import catalog
-from runner.db.connect import connect
-from runner.errors import InterruptedRunError, LockBusyError
+from runner.db.connect import connect, first_line
+from runner.errors import DatabaseUnreachableError, InterruptedRunError, LockBusyError
+from runner.urls import mask_text
 
 _LOG_EVERY = 5.0  # seconds between lock.waiting events after the first
 
@@ -46,6 +47,16 @@ class AdvisoryLock:
         self.held = False
 
     def acquire(self, wait: float) -> None:
+        try:
+            self._acquire(wait)
+        except psycopg.OperationalError as exc:
+            # The server restarted (or the session was terminated) while we waited: the
+            # Job may retry (exit 7), nothing ran.
+            raise DatabaseUnreachableError(
+                "the advisory lock's session was lost while waiting for the lock: "
+                f"{first_line(mask_text(str(exc)))}; nothing was run") from None
+
+    def _acquire(self, wait: float) -> None:
         started = time.monotonic()
         last_log = -_LOG_EVERY
         retried_free = False

@@ -38,11 +38,23 @@ from tenacity import (
 )
 
 from runner.db import catalog
-from runner.db.connect import classify_connect_error, connect, env_py_failure, first_line
+from runner.db.connect import (
+    classify_connect_error,
+    classify_database_error,
+    connect,
+    env_py_failure,
+    first_line,
+    read_only_error,
+)
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor
-from runner.db.probe import ProbeResult, check_database, where_env_py_connects
-from runner.db.xact import begin_step
+from runner.db.probe import (
+    ProbeResult,
+    check_database,
+    check_one_target,
+    where_env_py_connects,
+)
+from runner.db.xact import begin_step, run_each
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -132,7 +144,8 @@ class Hooks(Protocol):
 def sqlstate_of(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
-        state = getattr(seen, "sqlstate", None)
+        # psycopg 3 and asyncpg say sqlstate, psycopg2 pgcode
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
         if state:
             return str(state)
         seen = getattr(seen, "orig", None) or seen.__cause__
@@ -292,10 +305,10 @@ class Migrator:
         original(*args, **kwargs)
 
     def _prepare(self, connection: Connection, opts: dict[str, Any]) -> None:
-        # Anything env.py ran (SET search_path, SET ROLE) autobegan a transaction: commit it,
-        # or alembic takes it for an external transaction and never commits (ALEMBIC-NOTES).
-        if connection.in_transaction():
-            connection.commit()
+        # Anything env.py ran (SET search_path, SET ROLE) autobegan a transaction, or env.py
+        # began one itself: commit it, or alembic takes it for an external transaction and
+        # runs every migration in it (ALEMBIC-NOTES).
+        end_env_py_transaction(connection)
         self._configured = True
         # An env.py engine with isolation_level="AUTOCOMMIT" (Dagster's, say): every
         # statement commits on its own, so no step is transactional, whatever its source.
@@ -303,9 +316,16 @@ class Migrator:
             connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
             or getattr(connection.connection.dbapi_connection, "autocommit", False) is True)
         exec_ = connection.exec_driver_sql
-        exec_(self._timeouts)  # again at every step's start (begin_step): see there
+        run_each(connection, self._timeouts)  # again at every step's start (begin_step)
         exec_("SET application_name = 'safe-migrate-migration'")
-        self._pid = int(exec_("SELECT pg_backend_pid()").scalar_one())
+        if (connection.dialect.server_version_info or (0,)) >= (14,):
+            exec_("SET idle_session_timeout = 0")  # it idles while we wait for the lock
+        pid, read_only, in_recovery = exec_(
+            "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
+            "pg_is_in_recovery()").one()
+        if read_only or in_recovery:  # refused before the lock, before anything runs
+            raise read_only_error(bool(in_recovery))
+        self._pid = int(pid)
         target = where_env_py_connects(connection, opts)
         if connection.in_transaction():
             connection.commit()
@@ -314,6 +334,9 @@ class Migrator:
         event.listen(connection, "rollback", self._transaction_ended)
         if self.db is None:
             self._open_side(target)
+        else:  # a second database / version table: never migrated without its own lock
+            check_one_target(ProbeResult(self.db.url, self.db.version_table,
+                                         self.db.version_schema), target)
 
     def _open_side(self, target: ProbeResult) -> None:
         url, table, schema = target.url, target.version_table, target.version_schema
@@ -465,8 +488,30 @@ class Migrator:
     def _failure_outside_migration(self, exc: BaseException) -> SafeMigrateError:
         if isinstance(exc, SafeMigrateError) or not self._configured:
             return env_py_failure(exc)
+        # alembic creating or reading the version table: a privilege, a read-only database,
+        # a version_table_schema that does not exist (exit 2).
+        configuration = classify_database_error(exc)
+        if configuration is not None:
+            return configuration
         return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                 f"{first_line(mask_text(str(exc)))}")
+
+
+def end_env_py_transaction(connection: Connection) -> None:
+    """Commit what env.py's connection did so far, so that alembic gives each migration its
+    own transaction.
+
+    An env.py that opened `with engine.begin()` / `with connection.begin()` around
+    configure() would otherwise have alembic run the whole range in that one transaction
+    (transaction_per_migration is ignored in an external transaction). Once we committed it,
+    SQLAlchemy would refuse every later statement inside that `with` block ("Can't operate on
+    closed transaction inside context manager"): so the block is detached from the
+    connection, and at its end finds its transaction closed and does nothing.
+    """
+    if connection.in_transaction():
+        connection.commit()
+    if getattr(connection, "_trans_context_manager", None) is not None:
+        connection._trans_context_manager = None  # SQLAlchemy's own exit path tolerates it
 
 
 # A statement that ends the transaction it runs in (not ROLLBACK TO SAVEPOINT).

@@ -49,6 +49,26 @@ def check_database(url: URL, asked: URL | None) -> None:
                          "take its URL from sqlalchemy.url")
 
 
+def same_target(a: ProbeResult, b: ProbeResult) -> bool:
+    return (same_database(a.url, b.url) and a.version_schema == b.version_schema
+            and a.version_table == b.version_table)
+
+
+def check_one_target(first: ProbeResult, other: ProbeResult) -> None:
+    """UsageError (exit 2) when env.py goes on to migrate a second database or version table
+    (alembic's multidb template, a loop over tenant schemas): the runner takes one advisory
+    lock and checks one URL per run, and a target migrated without its own would be unlocked."""
+    if not same_target(first, other):
+        raise UsageError(
+            f"env.py migrates more than one database or version table in one run: "
+            f"{describe(first)}, then {describe(other)}; safe-migrate locks and checks one per "
+            "run: nothing was run. Run it once per database or tenant (select it with -x)")
+
+
+def describe(target: ProbeResult) -> str:
+    return f"{target.version_schema}.{target.version_table} in {mask(target.url)}"
+
+
 def probe(project: Project, expect: URL | None = None, *,
           read: Callable[[Connection, ProbeResult], None] | None = None) -> ProbeResult:
     """What env.py connects to; with `expect` (the URL the user gave), refused when not that.
@@ -63,9 +83,11 @@ def probe(project: Project, expect: URL | None = None, *,
 
     def configure(original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         connection = kwargs.get("connection")
-        if connection is not None and not found:
-            found.append(where_env_py_connects(connection, kwargs))
-            check_database(found[0].url, expect)  # before alembic reads anything there
+        if connection is not None:
+            target = where_env_py_connects(connection, kwargs)
+            found.append(target)
+            check_database(target.url, expect)  # before alembic reads anything there
+            check_one_target(found[0], target)
         quiet_alembic()
         original(*args, **kwargs)
 
@@ -88,7 +110,9 @@ def probe(project: Project, expect: URL | None = None, *,
         raise env_py_failure(exc) from None
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")
-    check_database(found[0].url, expect)  # again: an env.py may have swallowed the first
+    for target in found:  # again: an env.py may have swallowed the first refusal
+        check_database(target.url, expect)
+        check_one_target(found[0], target)
     if read_failed:
         raise read_failed[0]
     found[0].heads = heads_read[0] if heads_read else ()

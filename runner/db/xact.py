@@ -34,8 +34,15 @@ def begin_step(connection: Connection, settings: str) -> str:
             raw.pgconn.exec_(b"ROLLBACK")  # BEGIN went through, the query did not
     # Any other driver or state, or the fast path failed: the ordinary path, which also
     # raises the error SQLAlchemy would (a dead connection is an OperationalError).
-    connection.exec_driver_sql(settings)
+    run_each(connection, settings)
     return str(connection.exec_driver_sql(XID_QUERY).scalar_one())
+
+
+def run_each(connection: Connection, statements: str) -> None:
+    """`a; b` one statement at a time: asyncpg prepares what it runs, and a prepared
+    statement holds one command."""
+    for statement in statements.split("; "):
+        connection.exec_driver_sql(statement)
 
 
 def begin_command(raw: psycopg.Connection[object]) -> bytes:

@@ -94,8 +94,18 @@ def merge_command(heads: tuple[str, ...], config_hint: str) -> str:
     return f"alembic -c {config_hint} merge -m 'merge heads' {' '.join(heads)}"
 
 
+# alembic's relative forms: +1, -1, r1+2, heads-1.
+_RELATIVE = re.compile(r"[+-]\d+$")
+
+
 def check_target(history: History, target: str, *, config_hint: str) -> tuple[str, ...]:
-    """Resolve TARGET to revision ids. Multiple heads are refused: a deploy is linear."""
+    """Resolve TARGET to revision ids. Multiple heads are refused: a deploy is linear.
+    A relative target is refused: what it names depends on the database's state when the
+    Job runs, and -1 would be a downgrade."""
+    if _RELATIVE.search(target) and target not in _revision_ids(history.script):
+        raise PreflightError(
+            f"relative target {target!r}: upgrade takes a revision id or heads, which name "
+            "the same schema however often the Job runs", target=target)
     if len(history.heads) > 1 and target in ("head", "heads"):
         raise MultipleHeadsError(list(history.heads), merge_command(history.heads, config_hint))
     try:
@@ -125,10 +135,30 @@ def check_not_behind(history: History, target: str, heads: tuple[str, ...]) -> N
         heads=list(heads), target=target)
 
 
+def _revision_ids(script: ScriptDirectory) -> set[str]:
+    return {s.revision for s in script.walk_revisions()}
+
+
 def check_database_revisions(history: History, db_heads: tuple[str, ...]) -> None:
     unknown = unknown_revisions(history, db_heads)
     if unknown:
         raise UnknownDatabaseRevisionError(unknown)
+    if len(db_heads) > 1:
+        check_heads_independent(history.script, db_heads)
+
+
+def check_heads_independent(script: ScriptDirectory, db_heads: tuple[str, ...]) -> None:
+    """The version table holds one row per branch head: a row that is an ancestor of another
+    row (two rows for an unbranched history) is an inconsistent table, not a state."""
+    for head in db_heads:
+        ancestors = {s.revision for s in script.iterate_revisions(head, "base")} - {head}
+        behind = sorted(set(db_heads) & ancestors)
+        if behind:
+            rows = ", ".join(sorted(db_heads))
+            raise PreflightError(
+                f"the version table is inconsistent: it holds {rows}, but {', '.join(behind)} "
+                f"is an ancestor of {head}; after review run `alembic stamp --purge {head}`",
+                heads=sorted(db_heads))
 
 
 def unknown_revisions(history: History, db_heads: tuple[str, ...]) -> list[str]:

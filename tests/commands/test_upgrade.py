@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 from support import (
+    ON_THE_USERS_DRIVER,
+    RAN_ON,
     advisory_locks,
     cli_args,
     json_events,
@@ -172,7 +174,8 @@ def test_sigterm_mid_migration_rolls_back_and_frees_the_lock(make_project, db, s
     assert run["exit_code"] == 8 and run["migrations"][-1]["outcome"] == "interrupted"
 
 
-@pytest.mark.parametrize("style", ["generic", "section-engine", "connection-attribute"])
+@pytest.mark.parametrize("style", ["generic", "section-engine", "connection-attribute",
+                                   "engine-begin", "connection-begin", "async"])
 def test_env_py_styles_run_unchanged_one_transaction_per_migration(style, make_project, db, sql,
                                                                    run_cli, tmp_path):
     project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
@@ -214,7 +217,7 @@ def test_x_arguments_reach_env_py(make_project, db, sql, run_cli, tmp_path):
 
 
 def test_database_url_file_and_async_url(make_project, db, sql, tmp_path, monkeypatch, run_cli):
-    project = make_project(FIVE[:1])
+    project = make_project(FIVE[:1], env_style="async")  # an asyncpg URL needs an async env.py
     url_file = tmp_path / "url"
     url_file.write_text(db.set(drivername="postgresql+asyncpg").render_as_string(
         hide_password=False) + "\n")
@@ -419,3 +422,101 @@ def test_without_squawk_only_lint_error_refuses(mode, expected, make_project, db
         assert version_of(sql) == [FIVE[1][0]]
     else:
         assert not unavailable and version_of(sql) == []
+
+
+def test_async_template_with_an_asyncpg_url(make_project, db, sql, run_cli, tmp_path, logs):
+    """alembic's `async` template (async_engine_from_config, run_sync, asyncio.run) with the
+    URL a project using it has: postgresql+asyncpg://."""
+    project = make_project(FIVE[:2], env_style="async")
+    url = db.set(drivername="postgresql+asyncpg")
+    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url",
+                    url.render_as_string(hide_password=False), "--log-format", "json",
+                    "--artifacts-dir", str(tmp_path / "a")]) == 0
+    assert version_of(sql) == ["r2"] and tables_of(sql) == {"t1", "t2"}
+    assert [e["revision"] for e in events_named(logs, "migration.done")] == ["r1", "r2"]
+
+
+def _lock_keys(logs):
+    return {e["key"] for e in events_named(logs, "lock.acquired")}
+
+
+def test_schema_per_tenant_lock_and_version_table_follow_the_tenant(
+        make_project, db, sql, run_cli, tmp_path, logs):
+    from runner.db.lock import lock_key
+
+    sql("CREATE SCHEMA acme; CREATE SCHEMA globex")
+    project = make_project(FIVE[:2], env_style="tenant")
+    for tenant in ("acme", "globex"):
+        logs.clear()
+        assert run_cli(cli_args(project, db, "-x", f"tenant={tenant}", "--lint", "off",
+                                artifacts=tmp_path / tenant)) == 0
+        assert _lock_keys(logs) == {lock_key(db.database, tenant, "alembic_version")}
+        assert sql(f"SELECT version_num FROM {tenant}.alembic_version") == [("r2",)]
+        assert sql("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename IN "
+                   "('t1', 't2')", (tenant,)) == [(2,)]
+    assert version_of(sql) == [] and tables_of(sql) == set()  # nothing in public
+
+
+def test_an_env_py_looping_over_tenants_is_refused_before_anything_runs(
+        make_project, db, sql, run_cli, tmp_path, capsys):
+    """Two version tables in one env.py run: the second would be migrated without its own
+    lock. Refused (exit 2), naming it, before either tenant is touched."""
+    sql("CREATE SCHEMA acme; CREATE SCHEMA globex")
+    project = make_project(FIVE[:2], env_style="tenant-loop")
+    for lint in ("off", "warn"):
+        code = run_cli(cli_args(project, db, "-x", "tenants=acme,globex", "--lint", lint,
+                                artifacts=tmp_path / lint))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "globex.alembic_version" in err
+        assert sql("SELECT count(*) FROM pg_tables WHERE schemaname IN ('acme', 'globex')"
+                   ) == [(0,)]
+        assert advisory_locks(sql) == 0
+
+
+def test_multidb_template_second_database_refused_before_anything_runs(
+        make_project, db, sql, server, run_cli, tmp_path, capsys):
+    """alembic's `multidb` template migrates every database in `databases =` in one env.py
+    run: each would need its own lock and URL check. Refused (exit 2), naming the second
+    database, nothing migrated on either."""
+    other = server.create_database()
+    try:
+        project = make_project([], env_style="multidb")
+        project.add_modules([
+            ("r1", None, "def upgrade(engine_name):\n"
+                         "    op.create_table(f'{engine_name}_t', sa.Column('id', sa.Integer))\n"
+                         "\ndef downgrade(engine_name):\n    pass\n")])
+        ini = project.ini.read_text().replace(
+            "path_separator = os\n", "path_separator = os\ndatabases = engine1, engine2\n")
+        for name, url in (("engine1", db), ("engine2", other)):
+            rendered = url.render_as_string(hide_password=False).replace("%", "%%")
+            ini += f"\n[{name}]\nsqlalchemy.url = {rendered}\n"
+        project.ini.write_text(ini)
+        args = ["upgrade", "-c", str(project.ini), "--log-format", "json", "--lint", "off",
+                "--artifacts-dir", str(tmp_path / "a")]
+        code = run_cli(args)  # URLs from the ini: no --database-url to compare with
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert other.database in err
+        assert version_of(sql) == [] and tables_of(sql) == set()
+        with psycopg.connect(**libpq_kwargs(other), autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+            assert conn.execute("SELECT to_regclass('engine2_t')").fetchone() == (None,)
+    finally:
+        server.drop_database(other)
+
+
+@pytest.mark.parametrize(("driver", "style"), [("psycopg2", "generic"), ("asyncpg", "async")])
+def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project, db, sql,
+                                                    run_cli, tmp_path, logs):
+    """--database-url postgresql+<driver>://: env.py gets that URL, as under bare alembic; the
+    runner's own sessions (lock, monitor, ledger) still work on psycopg 3."""
+    project = make_project([("r1", ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON),
+                            ("r2", FIVE[1][1])], env_style=style)
+    url = db.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
+                    "json", "--artifacts-dir", str(tmp_path / "a")]) == 0
+    assert version_of(sql) == ["r2"]
+    assert tables_of(sql) - {"nums"} == {f"ran_on_{driver}", "t2"}
+    assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
+    assert "+psycopg://" in events_named(logs, "database")[0]["url"]  # our side sessions

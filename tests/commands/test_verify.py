@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from support import ADD_NICK, CREATE_ACCOUNTS, INDEX_EMAIL, MakeProject, Server, chained, libpq
+from support import (
+    ADD_NICK,
+    CREATE_ACCOUNTS,
+    INDEX_EMAIL,
+    ON_THE_USERS_DRIVER,
+    RAN_ON,
+    MakeProject,
+    Server,
+    chained,
+    libpq,
+)
 
 from runner.main import main
 
@@ -92,6 +103,7 @@ def test_verify_optuna_migrations(logs: list[dict[str, Any]], monkeypatch: pytes
 # An env.py that builds its engine from an environment variable, ignoring sqlalchemy.url.
 ENV_FROM_VARIABLE = '''
 import os
+import textwrap
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -146,3 +158,24 @@ def test_verify_points_an_env_py_reading_database_url_at_the_scratch_database(
     assert sql("SELECT * FROM accounts") == rows
     assert sql("SELECT to_regclass('alembic_version')") == [(None,)]
     assert os.environ["DATABASE_URL"] == url  # restored
+
+
+@pytest.mark.parametrize(("driver", "style"), [("psycopg2", "generic"), ("asyncpg", "async")])
+def test_verify_runs_the_history_on_the_driver_the_url_names(
+        driver: str, style: str, make_project: MakeProject, server: Server,
+        logs: list[dict[str, Any]]) -> None:
+    """The scratch database is handed to env.py with --database-url's driver, as upgrade
+    does: a history that only runs on that driver verifies."""
+    project = make_project([], env_style=style)
+    project.add_modules(chained([
+        ("r1", "\ndef upgrade():\n" + textwrap.indent(
+            ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON, "    ")
+         + "\n\n\ndef downgrade():\n    op.execute('DROP TABLE IF EXISTS nums')\n"
+         + f"    op.execute('DROP TABLE ran_on_{driver}')\n"),
+        ("r2", ADD_NICK.replace('"accounts"', '"ran_on_' + driver + '"'))]))
+    url = server.url.set(drivername=f"postgresql+{driver}").render_as_string(
+        hide_password=False)
+    code = main(["verify", "-c", str(project.ini), "--database-url", url],
+                configure_logging=False)
+    assert code == 0, [e for e in logs if e["event"] == "verify.step" and not e["ok"]]
+    assert all(ok for _, _, ok in _steps(logs)) and len(_steps(logs)) == 6
