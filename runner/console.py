@@ -9,6 +9,7 @@ or under NO_COLOR. JSON mode never imports this module's renderer (nor rich).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,6 +49,28 @@ def _ms(value: Any) -> str:
     if not isinstance(value, (int, float)):
         return ""
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{round(value)} ms"
+
+
+def _shown_path(path: str) -> str:
+    """A path as a person types it: relative to the working directory when under it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _where_and_why(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Under a failure's line: the migration's file:line that raised, PostgreSQL's DETAIL and
+    HINT (runner.db.migrate.error_info)."""
+    parts: list[tuple[str, str]] = []
+    if event.get("file"):
+        line = f":{event['line']}" if event.get("line") else ""
+        parts.append((f"\n    at {_shown_path(str(event['file']))}{line}", "bold"))
+    for key, label in (("detail", "DETAIL"), ("hint", "HINT")):
+        if event.get(key):
+            parts.append((f"\n    {label}: {event[key]}", ""))
+    return parts
 
 
 def _fields(event: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
@@ -169,7 +192,7 @@ class ConsoleRenderer:
         partial = "  PARTIALLY APPLIED" if event.get("partial") else ""
         return self._text(("✖ ", "bold red"), *self._label(event),
                           (f"  failed after {_ms(event.get('duration_ms'))}: {why}{by}{partial}",
-                           "red"))
+                           "red"), *_where_and_why(event))
 
     def _migration_retry(self, event: EventDict) -> Any:
         blockers = event.get("blockers") or []

@@ -88,9 +88,23 @@ def test_console_names_each_migration_and_ends_with_a_summary(
     assert any(line.startswith("✔ r1 create the accounts table  ") for line in lines), err
     failed = [line for line in lines if line.startswith("✖ r2 add a nickname to accounts")]
     assert len(failed) == 1 and "SQLSTATE 42P01" in failed[0], err
+    # Under it: the line of the migration that raised (the path as a person types it).
+    path = project.versions / "r2.py"
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "nope" in text)
+    shown = os.path.relpath(path)
+    shown = str(path) if shown.startswith("..") else shown
+    assert lines[lines.index(failed[0]) + 1] == f"    at {shown}:{line}", err
     summary = [line for line in lines if line.startswith("✖ migration-failed (exit 5): 1 applied")]
     assert len(summary) == 1 and f"artifacts: {tmp_path / 'art'}" in summary[0], err
     assert f"    safe-migrate upgrade -c {project.ini}" in lines  # the plan's next command
+
+
+def test_the_console_shows_postgres_detail_under_the_failure(
+        make_project, db, tmp_path, capsys, restore_structlog):
+    project = _project(make_project, "    op.execute('INSERT INTO accounts VALUES (1), (1)')\n")
+    assert _console_run(project, db, tmp_path) == 5
+    lines = capsys.readouterr().err.splitlines()
+    assert "    DETAIL: Key (id)=(1) already exists." in lines, lines
 
 
 def test_a_lost_lock_race_is_a_warning_and_the_retry_says_when(
