@@ -191,6 +191,9 @@ class UpgradeJob:
 
     # -- Hooks for the Migrator --------------------------------------------------------------
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
+        monitor = self.migrator.monitor
+        if monitor is not None:  # the console's live status line: who blocks the step now
+            console.waiting_on(lambda: monitor.waiting)
         if self.finding is not None:
             from runner.schema import snapshot
 

@@ -556,18 +556,12 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _located(revision: str, info: dict[str, Any]) -> str:
-    """`migration r2 (versions/r2.py:12)`: the file relative to the working directory when it
-    is under it (as a person types it), else as recorded."""
+    """`migration r2 (/app/versions/r2.py:12)`: the path as recorded (absolute), since the
+    message travels (run.json, the ledger, the recovery plan read from another machine)."""
     file, line = info.get("file"), info.get("line")
     if not file:
         return f"migration {revision}"
-    try:
-        shown = os.path.relpath(file)
-    except ValueError:  # another drive (Windows)
-        shown = file
-    if shown.startswith(".."):
-        shown = file
-    return f"migration {revision} ({shown}:{line})" if line else f"migration {revision} ({shown})"
+    return f"migration {revision} ({file}:{line})" if line else f"migration {revision} ({file})"
 
 
 def _ms_since(start: float | None) -> int | None:
