@@ -227,8 +227,9 @@ class ConsoleRenderer:
         revision = str(event.get("revision"))
         if name == "migration.start":
             self.status.running(revision)
-            self._start_live()
-        elif name == "migration.retry":
+            self._start_live()  # drawn at the next refresh (a fast step seldom shows)
+            return
+        if name == "migration.retry":
             blockers = [b for b in event.get("blockers") or [] if isinstance(b, dict)]
             sleep_s = event.get("sleep_s")
             self.status.retrying(revision, float(sleep_s) if isinstance(sleep_s, (int, float))
@@ -237,6 +238,13 @@ class ConsoleRenderer:
             self.status.idle()
         elif name == "run.done":
             self.stop_live()
+            return
+        else:
+            return
+        if self.live is not None:
+            # Redraw now: the line printed next re-renders the live line as last drawn, which
+            # would show the finished step's state (its blocker) for up to a refresh interval.
+            self.live.refresh()
 
     def _start_live(self) -> None:
         if self.live is not None:

@@ -455,6 +455,7 @@ def test_a_failure_names_its_file_line_and_postgres_detail_everywhere(make_proje
     assert steps[-1]["error"]["line"] == line and steps[-1]["error"]["detail"] == detail
     plan = json.loads((folder / "recovery-plan.json").read_text())
     assert plan["error"].startswith(where) and f"DETAIL: {detail}" in plan["error"]
+    assert f"# fix {path}:{line}, then:" in plan["commands"]
     markdown = (folder / "recovery-plan.md").read_text()
     assert f"{path}:{line}" in markdown and f"DETAIL: {detail}" in markdown
 
@@ -466,3 +467,16 @@ def test_a_failure_carries_postgres_hint(make_project, db, run_cli, tmp_path):
     failed = events_named(logs, "migration.failed")[-1]
     assert failed["sqlstate"] == "42883" and failed["hint"].startswith("No function matches")
     assert failed["line"] == _line_of(project.versions / "r1.py", "no_such_function")
+
+
+def test_psycopg2_migrations_report_detail_and_line_too(make_project, db, run_cli, tmp_path):
+    project = make_project(DUPLICATE_KEY)
+    url = db.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    args = ["upgrade", "-c", str(project.ini), "--database-url", url, "--artifacts-dir",
+            str(tmp_path / "a")]
+    with capture_logs() as logs:
+        assert run_cli(args) == 5
+    failed = events_named(logs, "migration.failed")[-1]
+    assert failed["type"] == "UniqueViolation" and failed["detail"] == (
+        "Key (id)=(1) already exists.")
+    assert failed["line"] == _line_of(project.versions / "r2.py", "INSERT INTO t1")
