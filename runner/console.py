@@ -5,10 +5,18 @@ once (not on every line), one line per migration with its message (the revision'
 lock-race failures and retries as warnings, and a closing summary (outcome, applied, total
 time, artifacts). rich styles the lines; it adds no colour when the stream is not a terminal,
 or under NO_COLOR. JSON mode never imports this module's renderer (nor rich).
+
+On a terminal (the stream is a TTY and TERM is not `dumb`), a live status line (rich.live)
+sits under the lines while migrations run: the running revision and its elapsed time, while it
+waits on a lock the blocking pid and query (the Monitor's latest sample), and between attempts
+the retry countdown. It is erased when the run ends. NO_COLOR removes its colour, not the line:
+NO_COLOR is about colour, and the line is plain text redrawn in place. Off a terminal (a pipe,
+a CI log) there is no live line, and in JSON mode none of this exists.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +33,9 @@ _NOISE = ("event", "level", "timestamp", "run_id", "logger")
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
 
 _describe: Callable[[str], str | None] | None = None
+_waiting: Callable[[], list[Any]] | None = None
+#: How often the live status line is redrawn (and the blockers read), per second.
+_LIVE_REFRESH = 4
 
 
 def revision_messages(describe: Callable[[str], str | None]) -> None:
@@ -32,6 +43,23 @@ def revision_messages(describe: Callable[[str], str | None]) -> None:
     says, so that the console can show `0002 add display name`, not only `0002`."""
     global _describe  # presentation state, set once per command
     _describe = describe
+
+
+def waiting_on(source: Callable[[], list[Any]] | None) -> None:
+    """Who the running migration waits for right now (catalog.Session-like objects: `pid`,
+    `application_name`, `query`), for the live status line; upgrade says, once connected.
+    Called only by the live line's refresh (4 times a second, on a terminal): never per event."""
+    global _waiting  # presentation state, set once per run
+    _waiting = source
+
+
+def live_allowed(stream: Any) -> bool:
+    """A live status line only on a real terminal (not a pipe, not TERM=dumb)."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return tty and os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
 def _message(revision: Any) -> str:
@@ -50,9 +78,100 @@ def _ms(value: Any) -> str:
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{round(value)} ms"
 
 
+def _shown_path(path: str) -> str:
+    """A path as a person types it: relative to the working directory when under it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _where_and_why(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Under a failure's line: the migration's file:line that raised, PostgreSQL's DETAIL and
+    HINT (runner.db.migrate.error_info)."""
+    parts: list[tuple[str, str]] = []
+    if event.get("file"):
+        line = f":{event['line']}" if event.get("line") else ""
+        parts.append((f"\n    at {_shown_path(str(event['file']))}{line}", "bold"))
+    for key, label in (("detail", "DETAIL"), ("hint", "HINT")):
+        if event.get(key):
+            parts.append((f"\n    {label}: {event[key]}", ""))
+    return parts
+
+
 def _fields(event: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
     return " ".join(f"{key}={value}" for key, value in event.items()
                     if key not in _NOISE and key not in skip and value not in (None, [], {}))
+
+
+class StatusLine:
+    """The live status line's state, drawn by rich.live on its own thread (`__rich__`)."""
+
+    def __init__(self) -> None:
+        self.revision: str | None = None  # None: no migration running, nothing drawn
+        self.started = 0.0
+        self.retry_at: float | None = None  # between attempts: when the next one starts
+        self.attempt = 0
+        self.blockers: list[dict[str, Any]] = []  # migration.retry's, for the countdown
+        self._spinner: Any = None
+
+    def running(self, revision: str) -> None:
+        self.revision, self.started, self.retry_at = revision, time.monotonic(), None
+
+    def retrying(self, revision: str, sleep_s: float, attempt: int,
+                 blockers: list[dict[str, Any]]) -> None:
+        self.revision, self.retry_at = revision, time.monotonic() + sleep_s
+        self.attempt, self.blockers = attempt, blockers
+
+    def idle(self) -> None:
+        self.revision = None
+
+    def text(self) -> str:
+        """The line as plain text (masked): what the terminal shows after the spinner."""
+        if self.revision is None:
+            return ""
+        label = " ".join(part for part in (self.revision, _message(self.revision)) if part)
+        now = time.monotonic()
+        if self.retry_at is not None:
+            who = _who(self.blockers)
+            return mask_text(f"{label} · attempt {self.attempt + 1} in "
+                             f"{max(self.retry_at - now, 0):.1f} s"
+                             + (f" · lost a lock race to {who}" if who else ""))
+        line = f"{label} · {now - self.started:.1f} s"
+        blockers = _waiting() if _waiting is not None else []
+        if blockers:
+            line += f" · waiting for a lock held by {_who(blockers)}"
+        return mask_text(line)
+
+    def __rich__(self) -> Any:
+        from rich.spinner import Spinner
+        from rich.text import Text
+
+        text = self.text()
+        if not text:
+            return Text("")
+        if self._spinner is None:
+            self._spinner = Spinner("dots", style="cyan")
+        frame = self._spinner.render(time.monotonic())
+        line = Text.assemble(frame if isinstance(frame, Text) else "", " ", text)
+        line.no_wrap, line.overflow = True, "ellipsis"  # one line, whatever its width
+        return line
+
+
+def _who(blockers: list[Any]) -> str:
+    """`pid 123 (psql): LOCK TABLE ...` for the first blocker, and how many more."""
+    if not blockers:
+        return ""
+    first = blockers[0]
+
+    def get(key: str) -> Any:
+        return first.get(key) if isinstance(first, dict) else getattr(first, key, None)
+
+    app = f" ({get('application_name')})" if get("application_name") else ""
+    query = " ".join(str(get("query") or "").split())
+    more = f" (+{len(blockers) - 1} more)" if len(blockers) > 1 else ""
+    return f"pid {get('pid')}{app}{': ' + query if query else ''}{more}"
 
 
 class ConsoleRenderer:
@@ -63,6 +182,10 @@ class ConsoleRenderer:
 
         # soft_wrap: a long line stays one line (a CI log is not a terminal's width).
         self.console = Console(file=stream, highlight=False, soft_wrap=True, emoji=False)
+        self.stream = stream
+        self.live_allowed = live_allowed(stream)
+        self.live: Any = None  # rich.live.Live while migrations run, on a terminal
+        self.status = StatusLine()
         self.started: float | None = None
         self.artifacts: str | None = None
         self.non_transactional: set[str] = set()
@@ -80,14 +203,70 @@ class ConsoleRenderer:
         }
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> str:
-        render = self.renderers.get(str(event.get("event")), self._generic)
+        name = str(event.get("event"))
+        if self.live_allowed:
+            self._follow(name, event)
+        render = self.renderers.get(name, self._generic)
         text = render(event)
         if text is None:
             raise structlog.DropEvent
         with self.console.capture() as captured:
             self.console.print(text)
         # Nested fields (a blocker's query) escape runner.logging's mask: mask the line too.
-        return mask_text(captured.get().rstrip("\n"))
+        line = mask_text(captured.get().rstrip("\n"))
+        if self.live is not None:
+            # Above the live line, through rich (a raw write would garble it).
+            from rich.text import Text
+
+            self.live.console.print(Text.from_ansi(line))
+            raise structlog.DropEvent
+        return line
+
+    # -- the live status line (a terminal only) ---------------------------------------------
+    def _follow(self, name: str, event: EventDict) -> None:
+        revision = str(event.get("revision"))
+        if name == "migration.start":
+            self.status.running(revision)
+            self._start_live()  # drawn at the next refresh (a fast step seldom shows)
+            return
+        if name == "migration.retry":
+            blockers = [b for b in event.get("blockers") or [] if isinstance(b, dict)]
+            sleep_s = event.get("sleep_s")
+            self.status.retrying(revision, float(sleep_s) if isinstance(sleep_s, (int, float))
+                                 else 0.0, int(event.get("attempt") or 0), blockers)
+        elif name in ("migration.done", "migration.failed"):
+            self.status.idle()
+        elif name == "run.done":
+            self.stop_live()
+            return
+        else:
+            return
+        if self.live is not None:
+            # Redraw now: the line printed next re-renders the live line as last drawn, which
+            # would show the finished step's state (its blocker) for up to a refresh interval.
+            self.live.refresh()
+
+    def _start_live(self) -> None:
+        if self.live is not None:
+            return
+        import atexit
+
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(file=self.stream, highlight=False, soft_wrap=True, emoji=False)
+        self.live = Live(get_renderable=self.status.__rich__, console=console,
+                         refresh_per_second=_LIVE_REFRESH, transient=True,
+                         redirect_stdout=False, redirect_stderr=False)
+        self.live.start()
+        atexit.register(self.stop_live)  # a crash must not leave the cursor hidden
+
+    def stop_live(self) -> None:
+        """Erase the live line and give the terminal back (idempotent)."""
+        live, self.live = self.live, None
+        if live is not None:
+            self.status.idle()
+            live.stop()
 
     # -- one per event ---------------------------------------------------------------------
     def _text(self, *parts: tuple[str, str] | str) -> Any:
@@ -169,7 +348,7 @@ class ConsoleRenderer:
         partial = "  PARTIALLY APPLIED" if event.get("partial") else ""
         return self._text(("✖ ", "bold red"), *self._label(event),
                           (f"  failed after {_ms(event.get('duration_ms'))}: {why}{by}{partial}",
-                           "red"))
+                           "red"), *_where_and_why(event))
 
     def _migration_retry(self, event: EventDict) -> Any:
         blockers = event.get("blockers") or []

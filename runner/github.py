@@ -75,18 +75,24 @@ def upgrade_line(path: str | None) -> int | None:
     return next((i for i, text in enumerate(lines, 1) if _DEF_UPGRADE.match(text)), None)
 
 
-def _line_of(migration: Mapping[str, Any]) -> int | None:
+def _location(migration: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """Where the failure belongs: the file and line that raised (run.json's `error.file` /
+    `error.line`, runner.db.migrate.error_info), else the revision's `def upgrade(`."""
     error = migration.get("error") or {}
-    for value in (migration.get("line"), error.get("line") if isinstance(error, dict) else None):
-        if isinstance(value, int):
-            return value
-    return upgrade_line(migration.get("path"))
+    error = error if isinstance(error, dict) else {}
+    line = error.get("line") if isinstance(error.get("line"), int) else migration.get("line")
+    if isinstance(line, int):
+        return error.get("file") or migration.get("path"), line
+    return migration.get("path"), upgrade_line(migration.get("path"))
 
 
-def _error_text(error: Any) -> str:
+def _error_text(error: Any, sep: str = "\n") -> str:
     if isinstance(error, dict):
         state = f"SQLSTATE {error['sqlstate']}: " if error.get("sqlstate") else ""
-        return f"{state}{error.get('message') or error.get('type') or 'failed'}"
+        extra = "".join(f"{sep}{label}: {error[key]}" for key, label in (("detail", "DETAIL"),
+                                                                      ("hint", "HINT"))
+                        if error.get(key))
+        return f"{state}{error.get('message') or error.get('type') or 'failed'}{extra}"
     return str(error) if error else "failed"
 
 
@@ -98,9 +104,10 @@ def run_annotations(run: Mapping[str, Any], plan: Mapping[str, Any] | None,
     for migration in run.get("migrations") or []:
         if migration.get("outcome") not in _FAILED:
             continue
+        file, line = _location(migration)
         out.append(command(
             "error", f"{_error_text(migration.get('error'))}{next_step}",
-            file=relative(migration.get("path"), root), line=_line_of(migration),
+            file=relative(file, root), line=line,
             title=f"safe-migrate: migration {migration['revision']} {migration['outcome']}"))
     if not out and run.get("exit_code") not in (0, None):
         out.append(command("error", str(run.get("error") or run.get("outcome")),
@@ -181,7 +188,7 @@ def summary_markdown(run: Mapping[str, Any], plan: Mapping[str, Any] | None,
         for m in migrations:
             outcome = str(m.get("outcome"))
             if outcome in _FAILED:
-                outcome += f": {_error_text(m.get('error'))}"
+                outcome += f": {_error_text(m.get('error'), '; ')}"
             parts.append(
                 f"| {_ICONS.get(str(m.get('outcome')), '')} | {_code(m.get('revision'))} "
                 f"| {_code(relative(m.get('path'), root))} "

@@ -88,9 +88,23 @@ def test_console_names_each_migration_and_ends_with_a_summary(
     assert any(line.startswith("✔ r1 create the accounts table  ") for line in lines), err
     failed = [line for line in lines if line.startswith("✖ r2 add a nickname to accounts")]
     assert len(failed) == 1 and "SQLSTATE 42P01" in failed[0], err
+    # Under it: the line of the migration that raised (the path as a person types it).
+    path = project.versions / "r2.py"
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "nope" in text)
+    shown = os.path.relpath(path)
+    shown = str(path) if shown.startswith("..") else shown
+    assert lines[lines.index(failed[0]) + 1] == f"    at {shown}:{line}", err
     summary = [line for line in lines if line.startswith("✖ migration-failed (exit 5): 1 applied")]
     assert len(summary) == 1 and f"artifacts: {tmp_path / 'art'}" in summary[0], err
     assert f"    safe-migrate upgrade -c {project.ini}" in lines  # the plan's next command
+
+
+def test_the_console_shows_postgres_detail_under_the_failure(
+        make_project, db, tmp_path, capsys, restore_structlog):
+    project = _project(make_project, "    op.execute('INSERT INTO accounts VALUES (1), (1)')\n")
+    assert _console_run(project, db, tmp_path) == 5
+    lines = capsys.readouterr().err.splitlines()
+    assert "    DETAIL: Key (id)=(1) already exists." in lines, lines
 
 
 def test_a_lost_lock_race_is_a_warning_and_the_retry_says_when(
@@ -110,6 +124,9 @@ def test_a_lost_lock_race_is_a_warning_and_the_retry_says_when(
     assert any("retry in" in line for line in races), err
     assert any(line.startswith("✔ r2 add a nickname to accounts") and "attempts" in line
                for line in lines), err
+    # Not a terminal: no live status line, nor its cursor movements.
+    assert "waiting for a lock held by" not in err and "lost a lock race to" not in err, err
+    assert "\x1b[" not in err, err
     assert [line for line in lines if line.startswith("✔ success: 1 applied in ")], err
 
 
@@ -174,3 +191,48 @@ def test_on_a_terminal_the_console_is_the_default_and_has_colour_unless_no_color
     # Colour (SGR 30-37, 90-97, 38;...): on a terminal, unless NO_COLOR (bold stays allowed).
     colours = re.findall(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])(?:;\d+)*m", out)
     assert bool(colours) is (not no_color), out
+
+
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # SGR, cursor moves, erase-line
+
+
+def test_on_a_terminal_a_live_line_shows_the_blocker_and_the_retry_countdown(
+        make_project, db, tmp_path):
+    project = _project(make_project)
+    assert main(cli_args(project, db, "r1", "--lint", "off", "--no-schema-diff",
+                         artifacts=tmp_path / "art"), configure_logging=False) == 0
+    argv = [*cli_args(project, db, "--lint", "off", "--no-schema-diff", "--lock-timeout", "1s",
+                      "--lock-retries", "20", artifacts=tmp_path / "art"),
+            "--termination-log", str(tmp_path / "t")]
+    argv[argv.index("json")] = "console"
+    env = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
+    env.update(TERM="xterm-256color", COLUMNS="300")
+    lock = "LOCK TABLE accounts IN ACCESS SHARE MODE"
+    with open_transaction(db, lock, hold=6.0) as pid:
+        out = _on_a_terminal(argv, env)
+    plain = _CONTROL.sub("", out)
+    label = "r2 add a nickname to accounts"
+    # While r2 waits: its elapsed time, and who it waits for (pid and query).
+    assert re.search(rf"{label} · \d+\.\d s · waiting for a lock held by pid {pid}: {lock}",
+                     plain), out
+    # Between attempts: the countdown to the next one, and who won the race.
+    assert re.search(rf"{label} · attempt \d+ in \d+\.\d s · lost a lock race to pid {pid}: "
+                     f"{lock}", plain), out
+    assert "✔ success: 1 applied in" in plain, out
+    assert "\x1b[?25h" in out  # the cursor is shown again once the live line is gone
+
+
+def test_json_on_a_terminal_has_no_live_line(make_project, db, tmp_path):
+    project = _project(make_project)
+    assert main(cli_args(project, db, "r1", "--lint", "off", "--no-schema-diff",
+                         artifacts=tmp_path / "art"), configure_logging=False) == 0
+    argv = [*cli_args(project, db, "--lint", "off", "--no-schema-diff", "--lock-timeout", "20s",
+                      artifacts=tmp_path / "art"), "--termination-log", str(tmp_path / "t")]
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "300"}
+    with open_transaction(db, "LOCK TABLE accounts IN ACCESS SHARE MODE", hold=5.0):
+        out = _on_a_terminal(argv, env)
+    lines = [line for line in out.replace("\r", "").splitlines() if line]
+    events = [json.loads(line) for line in lines]  # nothing but JSON lines, no escape codes
+    assert "\x1b" not in out
+    assert [e["event"] for e in events][-1] == "run.done" and events[-1]["exit_code"] == 0
+    assert any(e["event"] == "migration.done" and e["lock_wait_ms"] > 0 for e in events), out

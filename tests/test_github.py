@@ -68,7 +68,7 @@ def test_a_failed_migration_is_an_error_on_its_file_and_the_plan_is_in_the_summa
     assert run_cli(cli_args(project, db, "--lint", "off", artifacts=art)) == 5
 
     commands = _workflow_commands(capsys.readouterr().out)
-    line = _def_upgrade_line(project.versions / "r2.py")
+    line = _def_upgrade_line(project.versions / "r2.py") + 1  # the op.execute that raised
     assert len(commands) == 1, commands
     assert commands[0].startswith(
         f"::error file=versions/r2.py,line={line},title=safe-migrate%3A migration r2 failed::"
@@ -79,7 +79,8 @@ def test_a_failed_migration_is_an_error_on_its_file_and_the_plan_is_in_the_summa
     plan = json.loads((run_dir(art) / "recovery-plan.json").read_text())
     assert "### safe-migrate upgrade: migration-failed (exit 5)" in summary
     assert "| ❌ | `r2` | `versions/r2.py` |" in summary and "1 applied" in summary
-    assert "**Error:** migration r2 failed and was rolled back" in summary
+    assert (f"**Error:** migration r2 ({project.versions / 'r2.py'}:{line}) failed and was "
+            "rolled back") in summary
     assert f"**Recovery plan** (`{plan['status']}`)" in summary
     assert "\n".join(["```sh", *plan["commands"], "```"]) in summary
 
@@ -146,3 +147,18 @@ def test_the_summary_keeps_table_cells_on_one_line(tmp_path):
     assert ("| ❌ | `r1` | `versions/r1.py` | no | 2 | 12 ms "
             "| failed: SQLSTATE 23505: a \\| b c |") in text
     assert "1.50 s" in text and "0 applied" in text
+
+
+def test_an_annotation_goes_on_the_line_that_raised_with_detail_and_hint(tmp_path):
+    helper = tmp_path / "versions" / "helpers.py"
+    run = {"exit_code": 5, "migrations": [{
+        "revision": "r2", "outcome": "failed", "path": str(tmp_path / "versions" / "r2.py"),
+        "error": {"sqlstate": "23505", "message": "duplicate key value", "file": str(helper),
+                  "line": 7, "detail": "Key (id)=(1) already exists.", "hint": "Try again"}}]}
+    (annotation,) = github.run_annotations(run, None, tmp_path)
+    assert annotation.startswith("::error file=versions/helpers.py,line=7,title=")
+    assert annotation.endswith("::SQLSTATE 23505: duplicate key value%0ADETAIL: Key (id)=(1) "
+                               "already exists.%0AHINT: Try again")
+    summary = github.summary_markdown(run, None, [], tmp_path)
+    assert "failed: SQLSTATE 23505: duplicate key value; DETAIL: Key (id)=(1) already " \
+           "exists.; HINT: Try again |" in summary

@@ -191,6 +191,9 @@ class UpgradeJob:
 
     # -- Hooks for the Migrator --------------------------------------------------------------
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None:
+        monitor = self.migrator.monitor
+        if monitor is not None:  # the console's live status line: who blocks the step now
+            console.waiting_on(lambda: monitor.waiting)
         if self.finding is not None:
             from runner.schema import snapshot
 
@@ -356,10 +359,13 @@ class UpgradeJob:
             failure.leftovers = self._invalid_leftovers(error.data.get("invalid") or [])
             return failure
         status = PARTIAL_APPLY if rec is not None and rec.partial else CLEAN_ROLLBACK
+        # The line that raised, when it is in the revision's own file (not a helper beside it).
+        raised = rec.error if rec is not None and rec.error else {}
+        line = raised.get("line") if rec is not None and raised.get("file") == rec.path else None
         return self.recorder.failure(
             status=status, revision=rec.revision if rec else None,
             down_revision=rec.down_revision if rec else None, path=rec.path if rec else None,
-            heads=heads, error=message)
+            heads=heads, error=message, line=line)
 
     def _invalid_leftovers(self, invalid: list[dict[str, str]]) -> list[Recorded]:
         from runner.db import objects

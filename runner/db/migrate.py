@@ -15,6 +15,7 @@ retried by re-running env.py: the version table says where to resume.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 import time
@@ -152,10 +153,74 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
-def error_info(exc: BaseException) -> dict[str, Any]:
+def error_info(exc: BaseException, path: str | None = None) -> dict[str, Any]:
+    """What run.json, the ledger, the events and the plan say about a failure: SQLSTATE,
+    message, PostgreSQL's DETAIL and HINT, and where in the migration it was raised (`file`,
+    `line`: the deepest frame in `path`, the revision's file, else in its directory)."""
     orig = getattr(exc, "orig", None) or exc
+    detail, hint = _diagnostics(exc)
+    file, line = raised_at(exc, path)
     return {"sqlstate": sqlstate_of(exc), "type": type(orig).__name__,
-            "message": first_line(mask_text(str(orig))) or type(orig).__name__}
+            "message": first_line(mask_text(str(orig))) or type(orig).__name__,
+            "detail": detail, "hint": hint, "file": file, "line": line}
+
+
+#: DETAIL can quote a row's values (a duplicated key): enough to say which, never a dump.
+_DIAG_MAX = 500
+
+
+def _diagnostics(exc: BaseException) -> tuple[str | None, str | None]:
+    """PostgreSQL's DETAIL and HINT, from the DBAPI error under SQLAlchemy's wrapper (`.orig`)
+    or a driver's own chain (`__cause__`): psycopg 3 and psycopg2 have `diag`, asyncpg has
+    `detail` / `hint`."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; never loop on a cycle
+        if seen is None:
+            break
+        diag = getattr(seen, "diag", None)
+        if diag is not None:
+            detail = getattr(diag, "message_detail", None)
+            hint = getattr(diag, "message_hint", None)
+        elif not isinstance(seen, sqlalchemy.exc.SQLAlchemyError):  # its .detail is a list
+            detail, hint = getattr(seen, "detail", None), getattr(seen, "hint", None)
+        else:
+            detail = hint = None
+        if isinstance(detail, str) or isinstance(hint, str):
+            return _diag_text(detail), _diag_text(hint)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None, None
+
+
+def _diag_text(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = mask_text(" ".join(value.split()))
+    return text if len(text) <= _DIAG_MAX else text[:_DIAG_MAX - 1] + "…"
+
+
+def raised_at(exc: BaseException, path: str | None) -> tuple[str | None, int | None]:
+    """The migration's file and line that raised: the deepest traceback frame in the revision
+    file `path`, else the deepest in its directory (a helper module beside it)."""
+    if not path:
+        return None, None
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target) + os.sep
+    in_file: tuple[str, int] | None = None
+    in_folder: tuple[str, int] | None = None
+    real: dict[str, str] = {}  # a traceback repeats its files: resolve each once
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        resolved = real.get(name)
+        if resolved is None:
+            resolved = real[name] = os.path.realpath(name)
+        if resolved == target:
+            in_file = (path, tb.tb_lineno)
+        elif resolved.startswith(folder):
+            in_folder = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    found = in_file or in_folder
+    return found if found else (None, None)
 
 
 class Migrator:
@@ -214,8 +279,8 @@ class Migrator:
         if isinstance(exc, PartialApplyError) or (
                 rec.outcome == "running" and isinstance(exc, SafeMigrateError)):
             return exc  # the runner's own check (a broken transaction, its pre-step record)
-        info = rec.error or error_info(exc)
-        where = f"migration {rec.revision}"
+        info = rec.error or error_info(exc, rec.path)
+        where = _located(rec.revision, info)
         rec.partial = rec.partial or rec.broke_transaction  # its own COMMIT/ROLLBACK
         if rec.partial:
             rec.outcome = "partial"
@@ -445,7 +510,7 @@ class Migrator:
             except BaseException as exc:
                 self._in_step = None
                 rec.outcome = "failed"
-                rec.error = error_info(exc)
+                rec.error = error_info(exc, rec.path)
                 rec.partial = self._committed(xid, rec) or rec.broke_transaction
                 self._finish_watch(rec)
                 rec.duration_ms = _ms_since(rec.started_at)
@@ -529,7 +594,19 @@ def ends_transaction(statement: str) -> bool:
 
 def _describe(info: dict[str, Any]) -> str:
     state = f"SQLSTATE {info['sqlstate']}: " if info.get("sqlstate") else ""
-    return f"{state}{info['message']}"
+    extra = "".join(f"; {label}: {info[key]}" for key, label in (("detail", "DETAIL"),
+                                                                 ("hint", "HINT"))
+                    if info.get(key))
+    return f"{state}{info['message']}{extra}"
+
+
+def _located(revision: str, info: dict[str, Any]) -> str:
+    """`migration r2 (/app/versions/r2.py:12)`: the path as recorded (absolute), since the
+    message travels (run.json, the ledger, the recovery plan read from another machine)."""
+    file, line = info.get("file"), info.get("line")
+    if not file:
+        return f"migration {revision}"
+    return f"migration {revision} ({file}:{line})" if line else f"migration {revision} ({file})"
 
 
 def _ms_since(start: float | None) -> int | None:

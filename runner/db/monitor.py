@@ -27,6 +27,8 @@ class Monitor:
         self._since = 0.0  # when the watched migration started
         self._state = threading.Lock()
         self.blockers: list[catalog.Session] = []
+        # The latest sample only ([] once the lock is granted): the console's live status line.
+        self.waiting: list[catalog.Session] = []
         self.lock_wait_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="safe-migrate-monitor", daemon=True)
@@ -45,11 +47,13 @@ class Monitor:
             self._pid = pid
             self._since = time.monotonic()
             self.blockers = []
+            self.waiting = []
             self.lock_wait_s = 0.0
 
     def unwatch(self) -> tuple[list[catalog.Session], float]:
         with self._state:
             self._pid = None
+            self.waiting = []
             return list(self.blockers), self.lock_wait_s
 
     def xact_committed(self, xid: str) -> bool:
@@ -73,8 +77,9 @@ class Monitor:
                 blockers = catalog.blocking_sessions(self.conn, pid)
             except psycopg.Error:
                 continue  # the monitor is best effort; the migration's own errors decide
-            if blockers:
-                with self._state:
-                    if self._pid == pid:
+            with self._state:
+                if self._pid == pid:
+                    self.waiting = blockers
+                    if blockers:
                         self.blockers = blockers
                         self.lock_wait_s += self.interval

@@ -44,6 +44,7 @@ class Failure:
     leftovers_known: bool = True
     error: str | None = None
     expected: list[str] | None = None  # verification-failed: the heads the run aimed at
+    line: int | None = None  # the line of `path` that raised (runner.db.migrate.error_info)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,6 +110,8 @@ def build_plan(failure: Failure, *, current: list[str], config_hint: str,
               "name it: not dropped; check whether it is yours before touching it"
               for obj in failure.unattributed]
     where = failure.path or f"revision {failure.failed_revision}"
+    if failure.path and failure.line:
+        where += f":{failure.line}"  # the line that raised
     commands: list[str] = []
     if failure.status == VERIFICATION_FAILED:
         commands += [f"safe-migrate status {ini}", f"# after checking the schema matches {stamp}:"]

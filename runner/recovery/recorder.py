@@ -86,11 +86,11 @@ class Recorder:
 
     def failure(self, *, status: str, revision: str | None, down_revision: Any,
                 path: str | None, heads: list[str], error: str | None,
-                expected: list[str] | None = None) -> Failure:
+                expected: list[str] | None = None, line: int | None = None) -> Failure:
         """Right after the failure, on the runner's own connection: what the step left."""
         failure = Failure(run_id=self.run_id, status=status, failed_revision=revision,
                           down_revision=down_revision, path=path, heads=heads, error=error,
-                          expected=expected)
+                          expected=expected, line=line)
         if status != PARTIAL_APPLY:
             return failure
         before = self.pre_step.get(revision or "")

@@ -520,3 +520,64 @@ def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project,
     assert tables_of(sql) - {"nums"} == {f"ran_on_{driver}", "t2"}
     assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
     assert "+psycopg://" in events_named(logs, "database")[0]["url"]  # our side sessions
+
+
+DUPLICATE_KEY = [
+    ("r1", "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))\n"
+           "op.execute('INSERT INTO t1 VALUES (1)')"),
+    ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
+           "op.execute('INSERT INTO t1 VALUES (1)')"),
+]
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_a_failure_names_its_file_line_and_postgres_detail_everywhere(make_project, db, sql,
+                                                                      run_cli, tmp_path):
+    project = make_project(DUPLICATE_KEY)
+    path = project.versions / "r2.py"
+    line = _line_of(path, "INSERT INTO t1")
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
+    detail = "Key (id)=(1) already exists."
+    failed = events_named(logs, "migration.failed")[-1]
+    assert (failed["sqlstate"], failed["file"], failed["line"], failed["detail"]) == (
+        "23505", str(path), line, detail)
+    assert failed["hint"] is None
+    folder = run_dir(tmp_path / "a")
+    run = json.loads((folder / "run.json").read_text())
+    error = run["migrations"][-1]["error"]
+    assert (error["file"], error["line"], error["detail"]) == (str(path), line, detail)
+    where = f"migration r2 ({path}:{line}) failed"
+    assert run["error"].startswith(where) and f"DETAIL: {detail}" in run["error"]
+    steps = sql("SELECT steps FROM safe_migrate_runs WHERE run_id = %s", (run["run_id"],))[0][0]
+    assert steps[-1]["error"]["line"] == line and steps[-1]["error"]["detail"] == detail
+    plan = json.loads((folder / "recovery-plan.json").read_text())
+    assert plan["error"].startswith(where) and f"DETAIL: {detail}" in plan["error"]
+    assert f"# fix {path}:{line}, then:" in plan["commands"]
+    markdown = (folder / "recovery-plan.md").read_text()
+    assert f"{path}:{line}" in markdown and f"DETAIL: {detail}" in markdown
+
+
+def test_a_failure_carries_postgres_hint(make_project, db, run_cli, tmp_path):
+    project = make_project([("r1", "op.execute('SELECT no_such_function(1)')")])
+    with capture_logs() as logs:
+        assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
+    failed = events_named(logs, "migration.failed")[-1]
+    assert failed["sqlstate"] == "42883" and failed["hint"].startswith("No function matches")
+    assert failed["line"] == _line_of(project.versions / "r1.py", "no_such_function")
+
+
+def test_psycopg2_migrations_report_detail_and_line_too(make_project, db, run_cli, tmp_path):
+    project = make_project(DUPLICATE_KEY)
+    url = db.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    args = ["upgrade", "-c", str(project.ini), "--database-url", url, "--artifacts-dir",
+            str(tmp_path / "a")]
+    with capture_logs() as logs:
+        assert run_cli(args) == 5
+    failed = events_named(logs, "migration.failed")[-1]
+    assert failed["type"] == "UniqueViolation" and failed["detail"] == (
+        "Key (id)=(1) already exists.")
+    assert failed["line"] == _line_of(project.versions / "r2.py", "INSERT INTO t1")
