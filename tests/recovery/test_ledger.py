@@ -488,3 +488,27 @@ def test_plan_refuses_a_target_behind_the_database(make_project, db, run_cli, tm
                             ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))")])
     assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 0
     assert run_cli(cli_args(project, db, "r1", "--lint", "off", command="plan")) == 3
+
+
+def test_the_printed_commands_run_as_printed(make_project, db, run_cli, tmp_path, failing):
+    """psql gets a libpq URL (no +driver, no password: PGPASSWORD or ~/.pgpass supply it)
+    and the absolute path of the run's rollback.sql."""
+    project = make_project(PARTIAL)
+    art = partial_apply(project, db, run_cli, tmp_path)
+    folder = run_dir(art)
+    plan = json.loads((folder / "recovery-plan.json").read_text())
+    [psql] = [c for c in plan["commands"] if c.startswith("psql ")]
+    assert psql.startswith(f'psql "postgresql://{db.username}@{db.host}:{db.port}/{db.database}"')
+    assert f"-f {(folder / 'rollback.sql').resolve()}" in psql
+
+
+def test_each_run_gets_its_own_folder_under_artifacts_dir(make_project, db, run_cli, tmp_path):
+    """A no-op run never overwrites the previous run's run.json beside its schema.diff."""
+    project = make_project(PARTIAL[:1])
+    art = tmp_path / "art"
+    assert run_cli(cli_args(project, db, artifacts=art)) == 0
+    first = run_dir(art)
+    assert run_cli(cli_args(project, db, artifacts=art)) == 0
+    runs = sorted(p.name for p in art.iterdir() if (p / "run.json").is_file())
+    assert len(runs) == 2 and (first / "schema.diff").is_file()
+    assert json.loads((first / "run.json").read_text())["migrations"][0]["revision"] == "r1"
