@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -255,8 +256,9 @@ class UpgradeJob:
                     f"lost the runner's own session before migration {record.revision}, so "
                     "what it could leave behind cannot be recorded: it did not start "
                     f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
-            self.artifacts.write_json(f"pre-step-{record.revision}.json",
-                                      self.recorder.running)
+            # Compact: a few hundred OIDs; run.json names the file rather than repeat it.
+            self.artifacts.write_text(f"pre-step-{record.revision}.json",
+                                      json.dumps(self.recorder.running))
             self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
@@ -466,13 +468,20 @@ class UpgradeJob:
             "exit_code": code,
             "error": error.message if error else None,
             "running_revision": running,
-            "running": self.recorder.running if code is None else None,
+            "running": _without_record(self.recorder.running) if code is None else None,
             "heads_before": list(self.migrator.db_heads_before or ()),
             "migrations": [r.to_dict() for r in self.migrator.records.values() if r.attempts],
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
-        self.artifacts.write_json("run.json", data)
+        self.artifacts.write_json("run.json", data, compact=not final)
+
+
+def _without_record(running: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The running step for run.json: its catalog record stays in pre-step-<rev>.json."""
+    if running is None:
+        return None
+    return {k: v for k, v in running.items() if k != "pre_step"}
 
 
 def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:

@@ -61,8 +61,7 @@ LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.i
 WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I') AND {_user('n')}
   AND c.oid::bigint <> ALL(%(known)s) AND {_not_extension_member('pg_class', 'c')}
   -- an index that backs a constraint goes with the constraint
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid
-                  AND k.contype IN ('p', 'u', 'x'))
+  AND c.oid NOT IN (SELECT k.conindid FROM pg_constraint k WHERE k.contype IN ('p', 'u', 'x'))
   -- a sequence owned by a column (serial, identity) goes with its column
   AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
            AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))
@@ -122,6 +121,8 @@ SELECT 'extension', x.oid::bigint, NULL, x.extname, NULL, NULL, NULL,
   CASE WHEN %(defs)s THEN x.extversion END
 FROM pg_extension x WHERE x.extname <> 'plpgsql' AND x.oid::bigint <> ALL(%(known)s)
 """
+_EXISTING = (_OBJECTS.replace("%(defs)s", "false").replace("%(known)s", "'{}'::bigint[]")
+             .replace("%%", "%"))
 # Columns added to tables that existed before: attnum above the table's recorded column count.
 _NEW_COLUMNS = """
 SELECT 'column', NULL::bigint, n.nspname, a.attname, c.relname, NULL, NULL,
@@ -192,7 +193,10 @@ class Recorded:
 
 
 def existing(conn: psycopg.Connection[Any]) -> Existing:
-    rows = conn.execute(_OBJECTS, {"defs": False, "known": _oids([])}).fetchall()
+    # Prepared, without parameters (so its one generic plan serves every call): planning
+    # this union costs more than running it on a small catalog (5.5 ms against 4 ms), and it
+    # runs before every non-transactional step on the same connection.
+    rows = conn.execute(_EXISTING, prepare=True).fetchall()
     return Existing(frozenset(int(r[1]) for r in rows),
                     {int(r[1]): int(r[6]) for r in rows if r[0] == "table"})
 

@@ -44,9 +44,9 @@ def ledger_rows(sql, table: str = "public.safe_migrate_runs") -> list[dict]:
     return [row[0] for row in rows]
 
 
-def kill_during(project, db, sql, artifacts: Path, query: str) -> None:
+def kill_during(project, db, sql, artifacts: Path, query: str, *extra: str) -> None:
     """SIGKILL the runner while its migration session runs `query` (the pod is evicted)."""
-    proc = spawn(cli_args(project, db, artifacts=artifacts))
+    proc = spawn(cli_args(project, db, *extra, artifacts=artifacts))
     deadline = time.monotonic() + 30
     while not sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE %s", (query + "%",)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
@@ -512,3 +512,25 @@ def test_each_run_gets_its_own_folder_under_artifacts_dir(make_project, db, run_
     runs = sorted(p.name for p in art.iterdir() if (p / "run.json").is_file())
     assert len(runs) == 2 and (first / "schema.diff").is_file()
     assert json.loads((first / "run.json").read_text())["migrations"][0]["revision"] == "r1"
+
+
+def test_a_killed_run_without_ledger_is_recovered_from_its_artifacts(make_project, db, sql,
+                                                                    run_cli, tmp_path):
+    """--no-ledger: run.json names the step, pre-step-<rev>.json holds its catalog record."""
+    project = make_project([
+        ("r1", "op.create_table('keep', sa.Column('id', sa.Integer))"),
+        ("r2", "with op.get_context().autocommit_block():\n"
+               "    op.create_table('left_behind', sa.Column('id', sa.Integer))\n"
+               "    op.execute('SELECT pg_sleep(2)')"),
+    ])
+    art = tmp_path / "a"
+    kill_during(project, db, sql, art, "SELECT pg_sleep(2)", "--no-ledger")
+    sql("CREATE TABLE app_made (id int)")
+    for _ in range(100):  # the orphaned backend ends its pg_sleep, then sees its client gone
+        if not sql("SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                   "'safe-migrate-migration' AND datname = current_database()"):
+            break
+        time.sleep(0.1)
+    assert recover(run_cli, project, db, art, "--no-ledger", "--execute", "--yes") == 0
+    assert tables_of(sql) == {"keep", "app_made"} and version_of(sql) == ["r1"]
+    assert (run_dir(art) / "resolved.json").is_file()
