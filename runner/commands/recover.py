@@ -30,12 +30,11 @@ from runner.db.probe import ProbeResult, probe
 from runner.durations import to_postgres_ms
 from runner.errors import LockBusyError, PreflightError, UsageError
 from runner.logging import get_logger
-from runner.planning.history import applied
+from runner.planning.history import applied, read_source
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
 from runner.recovery import leftovers
 from runner.recovery import plan as recovery
-from runner.recovery.recorder import read_source
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import psql_url

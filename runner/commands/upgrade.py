@@ -38,7 +38,14 @@ from runner.errors import (
 )
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
-from runner.planning.history import History, applied, check_target, load_history, pending
+from runner.planning.history import (
+    History,
+    applied,
+    check_target,
+    load_history,
+    pending,
+    read_source,
+)
 from runner.planning.offline import downgrade_template
 from runner.project import Project, load_project
 from runner.recovery.plan import (
@@ -47,7 +54,7 @@ from runner.recovery.plan import (
     VERIFICATION_FAILED,
     Failure,
 )
-from runner.recovery.recorder import Recorder, read_source
+from runner.recovery.recorder import Recorder
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.urls import mask, mask_text, psql_url
 

@@ -179,12 +179,13 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------------------------
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        """This version table's runs in this ledger, newest first."""
+        """This database's runs for this version table (not a restored copy's), newest first."""
         cur = self.conn.execute(sql.SQL(
             "SELECT * FROM {} WHERE version_table = %s ORDER BY started_at DESC, run_id DESC "
             "LIMIT %s").format(self._name), (self.version_table, limit))
         names = [c.name for c in cur.description or ()]
-        return [_plain(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+        rows = [_plain(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+        return [r for r in rows if self.me.matches(r)]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         cur = self.conn.execute(sql.SQL("SELECT * FROM {} WHERE run_id = %s").format(self._name),

@@ -15,19 +15,10 @@ import psycopg
 from runner.db import ledger as ledger_mod
 from runner.db import objects
 from runner.db.ledger import Identity, Ledger
+from runner.planning.history import read_source
 from runner.recovery import leftovers
 from runner.recovery.plan import PARTIAL_APPLY, Failure
 from runner.recovery.runs import PastRun, refusal, still_open
-
-
-def read_source(path: str | None) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""
 
 
 class Recorder:

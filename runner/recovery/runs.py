@@ -121,8 +121,7 @@ class RunHistory:
     def runs(self) -> list[PastRun]:
         """Newest first."""
         if self.ledger is not None:
-            return [PastRun(row) for row in self.ledger.runs()
-                    if self.me.matches(row)]
+            return [PastRun(row) for row in self.ledger.runs()]
         return list(reversed(self._artifact_runs()))
 
     def unresolved(self) -> list[PastRun]:

@@ -55,6 +55,24 @@ def kill_during(project, db, sql, artifacts: Path, query: str, *extra: str) -> N
     proc.wait(10)
 
 
+# r2 sleeps inside its autocommit block, after creating a table: a run killed there.
+KILLED = [
+    ("r1", "op.create_table('keep', sa.Column('id', sa.Integer))"),
+    ("r2", "with op.get_context().autocommit_block():\n"
+           "    op.create_table('left_behind', sa.Column('id', sa.Integer))\n"
+           "    op.execute('SELECT pg_sleep(2)')"),
+]
+
+
+def wait_for_orphan(sql) -> None:
+    """The killed runner's backend ends its pg_sleep, then sees its client gone."""
+    for _ in range(100):
+        if not sql("SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                   "'safe-migrate-migration' AND datname = current_database()"):
+            return
+        time.sleep(0.1)
+
+
 def partial_apply(project, db, run_cli, tmp_path, *extra: str) -> Path:
     art = tmp_path / "failed"
     assert run_cli(cli_args(project, db, *extra, artifacts=art)) == 6
@@ -255,21 +273,12 @@ def test_a_killed_run_is_recovered_from_the_ledger_alone(make_project, db, sql, 
                                                         tmp_path):
     """SIGKILL inside an autocommit block, artifacts gone; the application then creates a
     table: recover drops what the failed revision made, and nothing else."""
-    project = make_project([
-        ("r1", "op.create_table('keep', sa.Column('id', sa.Integer))"),
-        ("r2", "with op.get_context().autocommit_block():\n"
-               "    op.create_table('left_behind', sa.Column('id', sa.Integer))\n"
-               "    op.execute('SELECT pg_sleep(2)')"),
-    ])
+    project = make_project(KILLED)
     art = tmp_path / "a"
     kill_during(project, db, sql, art, "SELECT pg_sleep(2)")
     shutil.rmtree(art)
     sql("CREATE TABLE app_made (id int)")
-    for _ in range(100):  # the orphaned backend ends its pg_sleep, then sees its client gone
-        if not sql("SELECT 1 FROM pg_stat_activity WHERE application_name = "
-                   "'safe-migrate-migration' AND datname = current_database()"):
-            break
-        time.sleep(0.1)
+    wait_for_orphan(sql)
     assert recover(run_cli, project, db, tmp_path / "b", "--execute", "--yes") == 0
     assert tables_of(sql) == {"keep", "app_made"} and version_of(sql) == ["r1"]
     assert run_cli(cli_args(project, db, artifacts=tmp_path / "c")) == 0
@@ -517,20 +526,11 @@ def test_each_run_gets_its_own_folder_under_artifacts_dir(make_project, db, run_
 def test_a_killed_run_without_ledger_is_recovered_from_its_artifacts(make_project, db, sql,
                                                                     run_cli, tmp_path):
     """--no-ledger: run.json names the step, pre-step-<rev>.json holds its catalog record."""
-    project = make_project([
-        ("r1", "op.create_table('keep', sa.Column('id', sa.Integer))"),
-        ("r2", "with op.get_context().autocommit_block():\n"
-               "    op.create_table('left_behind', sa.Column('id', sa.Integer))\n"
-               "    op.execute('SELECT pg_sleep(2)')"),
-    ])
+    project = make_project(KILLED)
     art = tmp_path / "a"
     kill_during(project, db, sql, art, "SELECT pg_sleep(2)", "--no-ledger")
     sql("CREATE TABLE app_made (id int)")
-    for _ in range(100):  # the orphaned backend ends its pg_sleep, then sees its client gone
-        if not sql("SELECT 1 FROM pg_stat_activity WHERE application_name = "
-                   "'safe-migrate-migration' AND datname = current_database()"):
-            break
-        time.sleep(0.1)
+    wait_for_orphan(sql)
     assert recover(run_cli, project, db, art, "--no-ledger", "--execute", "--yes") == 0
     assert tables_of(sql) == {"keep", "app_made"} and version_of(sql) == ["r1"]
     assert (run_dir(art) / "resolved.json").is_file()
