@@ -185,6 +185,9 @@ def test_failing_run_with_url_flag_leaks_nothing(database, wrapper, tmp_path):
     assert any(e["event"] == "recovery.plan" for e in events(result.stderr))
     assert_no_secret(result, artifacts, tmp_path, log)
     assert_owner_only(artifacts)
+    with psycopg.connect(libpq(database), autocommit=True) as conn:  # the run ledger too
+        rows = conn.execute("SELECT row_to_json(r)::text FROM safe_migrate_runs r").fetchall()
+    assert rows and "***" in rows[0][0] and not any(PASSWORD in row[0] for row in rows)
 
 
 def test_successful_run_with_url_flag_leaks_nothing(database, wrapper, tmp_path):
