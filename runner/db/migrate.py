@@ -48,7 +48,7 @@ from runner.db.connect import (
     read_only_error,
 )
 from runner.db.lock import AdvisoryLock
-from runner.db.monitor import Monitor
+from runner.db.monitor import Monitor, sample_interval
 from runner.db.probe import (
     ProbeResult,
     check_database,
@@ -418,7 +418,8 @@ class Migrator:
                                       run_id=self.settings.run_id, log=self.log,
                                       interrupted=self.interrupted)
         self.lock.acquire(self.settings.advisory_lock_wait)
-        self.monitor = Monitor(self.side, self.interrupted)
+        self.monitor = Monitor(self.side, self.interrupted,
+                               interval=sample_interval(self.settings.lock_timeout))
         self.monitor.start()
         self.hooks.connected(self.db, self.side)
 

@@ -17,6 +17,14 @@ import psycopg
 from runner.db import catalog
 
 
+def sample_interval(lock_timeout: float) -> float:
+    """How often to look for blockers: several times within one lock wait, so that a short
+    `--lock-timeout` (200ms) is still seen waiting before it gives up; never more than 10/s."""
+    if lock_timeout <= 0:
+        return 0.1
+    return min(0.1, max(0.02, lock_timeout / 5))
+
+
 class Monitor:
     def __init__(self, conn: psycopg.Connection[Any], interrupted: threading.Event, *,
                  interval: float = 0.1) -> None:

@@ -96,8 +96,11 @@ def test_blocked_migration_is_retried_until_the_blocker_ends(make_project, db, s
     assert code == 0 and version_of(sql) == ["r2"]
     retries = events_named(logs, "migration.retry")
     assert retries and all(e["revision"] == "r2" and e["sqlstate"] == "55P03" for e in retries)
-    assert pid in retries[0]["blocking_pids"]
-    assert "SELECT * FROM hot" in retries[0]["blockers"][0]["query"]
+    # Blockers are sampled (several times per lock wait): a loaded machine may miss one wait,
+    # never all of them, and a retry that names a blocker names the right one.
+    named = [e for e in retries if e["blocking_pids"]]
+    assert named and all(e["blocking_pids"] == [pid] for e in named)
+    assert all("SELECT * FROM hot" in e["blockers"][0]["query"] for e in named)
     run = json.loads((run_dir(tmp_path / "a1") / "run.json").read_text())
     assert run["migrations"][0]["attempts"] == len(retries) + 1
     assert run["migrations"][0]["lock_wait_ms"] > 0
