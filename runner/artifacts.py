@@ -87,14 +87,26 @@ def find_run_dirs(location: Path) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
-    """run.json; for a run that never finished (killed), with the step it was last in."""
+    """run.json; for a run that never finished (killed), with the step it was last in and,
+    when that step is non-transactional, what was recorded right before it."""
     data: dict[str, Any] = json.loads((run_dir / RUN_FILE).read_text())
     progress = run_dir / PROGRESS_FILE
     if data.get("outcome") == "running" and progress.is_file():
         # Empty when killed before the first step: run.json's own running_revision stands.
         with contextlib.suppress(ValueError, KeyError):
             data["running_revision"] = json.loads(progress.read_text())["running_revision"]
+        # run.json is not rewritten before each step (the journal is the cheap record of
+        # progress): a non-transactional step's own file says what it is and what was there.
+        pre_step = run_dir / pre_step_file(data.get("running_revision"))
+        if data.get("running_revision") and pre_step.is_file():
+            with contextlib.suppress(ValueError):
+                data["running"] = json.loads(pre_step.read_text())
     return data
+
+
+def pre_step_file(revision: object) -> str:
+    """The record taken right before non-transactional step `revision`."""
+    return f"pre-step-{revision}.json"
 
 
 def write_termination_log(path: Path, line: str) -> None:

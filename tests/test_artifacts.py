@@ -47,3 +47,22 @@ def test_a_finished_run_ignores_the_journal(tmp_path):
     journal.record({"running_revision": "r9", "attempt": 1})
     journal.close()
     assert load_run(artifacts.directory)["running_revision"] is None
+
+
+def test_a_run_killed_in_a_non_transactional_step_is_read_from_its_pre_step_record(tmp_path):
+    artifacts = _run_dir(tmp_path)
+    record = {"revision": "r2", "transactional": False, "pre_step": {"oids": [1]}}
+    artifacts.write_text("pre-step-r2.json", json.dumps(record))
+    journal = artifacts.journal()
+    journal.record({"running_revision": "r2", "attempt": 1})
+    journal.close()
+    assert load_run(artifacts.directory)["running"] == record
+
+
+def test_a_run_killed_in_a_later_transactional_step_has_no_running_record(tmp_path):
+    artifacts = _run_dir(tmp_path)
+    artifacts.write_text("pre-step-r2.json", json.dumps({"revision": "r2"}))
+    journal = artifacts.journal()
+    journal.record({"running_revision": "r3", "attempt": 1})  # r2 finished; r3 left nothing
+    journal.close()
+    assert load_run(artifacts.directory).get("running") is None

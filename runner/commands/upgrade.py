@@ -20,7 +20,7 @@ from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
 
 from runner import __version__, console, github
-from runner.artifacts import Artifacts, Journal, write_termination_log
+from runner.artifacts import Artifacts, Journal, pre_step_file, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
 from runner.db.ledger import parse_table
@@ -263,10 +263,10 @@ class UpgradeJob:
                     f"lost the runner's own session before migration {record.revision}, so "
                     "what it could leave behind cannot be recorded: it did not start "
                     f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
-            # Compact: a few hundred OIDs; run.json names the file rather than repeat it.
-            self.artifacts.write_text(f"pre-step-{record.revision}.json",
+            # Compact: a few hundred OIDs. With the journal naming the step, it is what a
+            # killed run's artifacts say it was doing (artifacts.load_run).
+            self.artifacts.write_text(pre_step_file(record.revision),
                                       json.dumps(self.recorder.running))
-            self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, expected: list[str]) -> int:
@@ -450,8 +450,7 @@ class UpgradeJob:
                          leftovers_known=plan.leftovers_known, commands=plan.commands,
                          file=str(self.artifacts.directory / "recovery-plan.md"))
 
-    def _write_run(self, error: SafeMigrateError | None, *, final: bool = False,
-                   running: str | None = None) -> None:
+    def _write_run(self, error: SafeMigrateError | None, *, final: bool = False) -> None:
         code = (int(error.exit_code) if error else 0) if final else None
         db = self.db
         identity = self.recorder.identity
@@ -474,21 +473,14 @@ class UpgradeJob:
             "outcome": "running" if code is None else _outcome(ExitCode(code)),
             "exit_code": code,
             "error": error.message if error else None,
-            "running_revision": running,
-            "running": _without_record(self.recorder.running) if code is None else None,
+            "running_revision": None,  # while it runs: the journal (progress.json)
+            "running": None,  # while it runs: pre-step-<rev>.json (artifacts.load_run)
             "heads_before": list(self.migrator.db_heads_before or ()),
             "migrations": [r.to_dict() for r in self.migrator.records.values() if r.attempts],
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
         self.artifacts.write_json("run.json", data, compact=not final)
-
-
-def _without_record(running: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The running step for run.json: its catalog record stays in pre-step-<rev>.json."""
-    if running is None:
-        return None
-    return {k: v for k, v in running.items() if k != "pre_step"}
 
 
 def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:

@@ -55,12 +55,7 @@ class PastRun:
 
     @property
     def pre_step(self) -> Existing | None:
-        record = self.running.get("pre_step")
-        if record is None and self.directory is not None and self.running.get("revision"):
-            # Artifacts: run.json names the step; its record is in pre-step-<rev>.json.
-            path = self.directory / f"pre-step-{self.running['revision']}.json"
-            if path.is_file():
-                record = json.loads(path.read_text()).get("pre_step")
+        record = self.running.get("pre_step")  # the ledger's, or pre-step-<rev>.json's
         return Existing.from_dict(record) if record else None
 
     def summary(self) -> dict[str, Any]:
