@@ -33,6 +33,7 @@ from runner.planning.history import (
     pending,
     revision_source,
 )
+from runner.planning.offline import offline_sql
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
@@ -119,12 +120,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _preflight(settings: Settings, args: argparse.Namespace, project: Project, hint: str,
                doc: dict[str, Any], log: Any) -> tuple[History, tuple[str, ...], list[Script]]:
-    history = load_history(project.script, config_hint=hint)
-    check_target(history, settings.target, config_hint=hint)
+    history = load_history(project.script, config_hint=hint, config=project.config)
+    checked = history.loaded  # else once env.py ran (a deferred graph, see History)
+    if checked:
+        check_target(history, settings.target, config_hint=hint)
     if args.from_rev is not None:
+        if not history.loaded:  # no database: env.py runs offline, as `alembic --sql` would
+            offline_sql(project, "base:base", load=history.load, log=log)
         current = _resolve_from(history, args.from_rev)
     else:
-        current = _database_heads(settings, project, log)
+        current = _database_heads(settings, project, history, log)
+    if not checked:
+        check_target(history, settings.target, config_hint=hint)
     check_database_revisions(history, current)
     try:
         steps = pending(history, current, settings.target)
@@ -149,7 +156,8 @@ def _resolve_from(history: History, rev: str) -> tuple[str, ...]:
     return tuple(s.revision for s in found if s is not None)
 
 
-def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str, ...]:
+def _database_heads(settings: Settings, project: Project, history: History,
+                    log: Any) -> tuple[str, ...]:
     """The database's revisions, read-only, from the version table env.py names (env.py runs
     online as `alembic current` runs it: nothing is created)."""
     open_runs: list[PastRun] = []
@@ -161,7 +169,7 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
             origin.append(_unresolved(raw, found, settings, open_runs))
 
     try:
-        found = probe(project, settings.database_url, read=read_ledger)
+        found = probe(project, settings.database_url, read=read_ledger, load=history.load)
     except UsageError:
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):

@@ -96,16 +96,24 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from runner.schema import snapshot
 
         finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
+    expected: tuple[str, ...] | None = None
     try:
-        history = load_history(project.script, config_hint=config_hint)
+        history = load_history(project.script, config_hint=config_hint, config=project.config)
         console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
                                                       None))  # the console names each one
-        expected = check_target(history, settings.target, config_hint=config_hint)
+        if history.loaded:  # else once env.py ran (a deferred graph, see History)
+            expected = check_target(history, settings.target, config_hint=config_hint)
     except PreflightError as exc:
         log.error("preflight.failed", reason=exc.message)
         raise
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        heads = _survey(settings, project)
+        try:
+            heads = _survey(settings, project, history)
+            if expected is None:
+                expected = check_target(history, settings.target, config_hint=config_hint)
+        except PreflightError as exc:
+            log.error("preflight.failed", reason=exc.message)
+            raise
         findings = _lint(args.lint, settings, project, history, log, heads,
                          args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
@@ -115,10 +123,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return job.execute(list(expected))
 
 
-def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
+def _survey(settings: Settings, project: Project, history: History) -> tuple[str, ...]:
     """Run env.py once without changing anything, before anything runs: it must connect to
     the database asked for, and to one database and version table only (probe refuses a
-    multidb env.py or a loop over tenants, exit 2). Returns the database's heads.
+    multidb env.py or a loop over tenants, exit 2). Returns the database's heads. A deferred
+    revision graph is built there, inside env.py's run (History).
 
     With the run's connection retries: an unreachable database is retried here as it would
     be by the migration run itself."""
@@ -129,7 +138,7 @@ def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
                             stop=stop_after_delay(settings.connect_timeout),
                             wait=jitter(multiplier=0.2, max=2.0), reraise=True):
         with attempt:
-            return probe(project, settings.database_url).heads
+            return probe(project, settings.database_url, load=history.load).heads
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 

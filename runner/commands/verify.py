@@ -78,12 +78,15 @@ class Failure:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     project = load_project(settings)
-    history = load_history(project.script, config_hint=str(settings.config_file))
+    history = load_history(project.script, config_hint=str(settings.config_file),
+                           config=project.config)
     need_dump = bool(args.write_schema or args.schema_dir)
-    log.info("run.start", command="verify", revisions=len(history.revisions))
+    # A deferred graph (History) is counted once env.py built it, on the scratch database.
+    log.info("run.start", command="verify",
+             revisions=len(history.revisions) if history.loaded else None)
     driver = settings.env_py_url.drivername if settings.env_py_url else None
     with scratch_database(settings, log, keep=args.keep) as scratch, \
-            _pointed_at(project, scratch, driver):
+            _pointed_at(project, history, scratch, driver):
         pg_dump = None
         if need_dump:
             pg_dump = snapshot.find_pg_dump(settings.pg_dump or scratch.pg_dump)
@@ -110,7 +113,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 # -- scratch database --------------------------------------------------------------------------
 
 @contextmanager
-def _pointed_at(project: Project, scratch: Scratch, driver: str | None) -> Iterator[None]:
+def _pointed_at(project: Project, history: History, scratch: Scratch,
+                driver: str | None) -> Iterator[None]:
     """Point env.py at the scratch database, and make sure it listens: the stairway runs
     downgrades, which must never reach the database env.py would otherwise connect to.
 
@@ -125,7 +129,7 @@ def _pointed_at(project: Project, scratch: Scratch, driver: str | None) -> Itera
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
     try:
-        found = probe(project)  # read-only, as `alembic current`
+        found = probe(project, load=history.load)  # read-only, as `alembic current`
         if not same_database(found.url, scratch.url):
             raise UsageError(
                 f"env.py connects to {mask(found.url)}, not to verify's scratch database "

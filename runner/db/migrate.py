@@ -435,6 +435,7 @@ class Migrator:
             self._in_step.broke_transaction = True
 
     def _steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[RevisionStep]:
+        self.history.load()  # built by the survey already; here is where alembic builds it
         check_database_revisions(self.history, tuple(heads))
         steps: list[RevisionStep] = list(
             self.project.script._upgrade_revs(self.target, heads))  # type: ignore[arg-type]
