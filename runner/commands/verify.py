@@ -36,7 +36,7 @@ from runner.planning.history import History, load_history
 from runner.project import Project, load_project, set_url
 from runner.schema import snapshot
 from runner.settings import Settings
-from runner.urls import mask, mask_text, same_database
+from runner.urls import env_py_driver, mask, mask_text, same_database
 
 UPGRADE, DOWNGRADE, REUPGRADE, REBUILD, CHECK = (
     "upgrade", "downgrade", "re-upgrade", "rebuild", "check")
@@ -84,7 +84,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     # A deferred graph (History) is counted once env.py built it, on the scratch database.
     log.info("run.start", command="verify",
              revisions=len(history.revisions) if history.loaded else None)
-    driver = settings.env_py_url.drivername if settings.env_py_url else None
+    driver = settings.env_py_url.drivername if settings.env_py_url else env_py_driver()
     with scratch_database(settings, log, keep=args.keep) as scratch, \
             _pointed_at(project, history, scratch, driver):
         pg_dump = None
