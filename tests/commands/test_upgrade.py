@@ -189,6 +189,8 @@ def test_env_py_styles_run_unchanged_one_transaction_per_migration(style, make_p
     project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
                             ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
                                    "raise RuntimeError('boom')")], env_style=style)
+    if style == "async" and not SQLALCHEMY_2:  # the async template needs an async driver
+        db = db.set(drivername="postgresql+asyncpg")
     with capture_logs() as logs:
         assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
     # r1 committed on its own although env.py never asked for transaction_per_migration.
@@ -519,6 +521,9 @@ def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project,
                                                     run_cli, tmp_path, logs):
     """--database-url postgresql+<driver>://: env.py gets that URL, as under bare alembic; the
     runner's own sessions (lock, monitor, ledger) still work on psycopg 3."""
+    if driver == "asyncpg" and not SQLALCHEMY_2:
+        pytest.skip("SQLAlchemy 1.4's asyncpg adapter %-formats every statement: '%I' fails "
+                    "under bare alembic too")
     project = make_project([("r1", ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON),
                             ("r2", FIVE[1][1])], env_style=style)
     url = db.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
