@@ -196,6 +196,7 @@ class UpgradeJob:
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
         self.recorder = Recorder(settings.run_id, log=log)
+        self.outcome_recorded = False  # the ledger row holds the outcome (and any plan)
         self.failure: Failure | None = None
 
     @property
@@ -273,8 +274,16 @@ class UpgradeJob:
                     "what it could leave behind cannot be recorded: it did not start "
                     f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
             # Compact: a few hundred OIDs; run.json names the file rather than repeat it.
-            self.artifacts.write_text(f"pre-step-{record.revision}.json",
-                                      json.dumps(self.recorder.running))
+            try:
+                self.artifacts.write_text(f"pre-step-{record.revision}.json",
+                                          json.dumps(self.recorder.running))
+            except OSError as exc:
+                if self.recorder.ledger is None:  # then nothing would record it: no start
+                    raise UsageError(
+                        f"cannot record what migration {record.revision} could leave behind "
+                        f"in {self.artifacts.directory} ({exc.strerror}), and the ledger is "
+                        "off (--no-ledger): it did not start", revision=record.revision
+                    ) from None
             self._write_run(None, running=record.revision)
 
     # -- the run -------------------------------------------------------------------------------
@@ -356,6 +365,8 @@ class UpgradeJob:
                 self.journal.close()
             applied = len(self.migrator.applied)
             self._write_run(error, final=True)
+            if self.artifacts.unwritten:
+                self._report_unwritten(error)
             self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
                           applied=applied)
             summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
@@ -363,6 +374,22 @@ class UpgradeJob:
             write_termination_log(self.settings.termination_log, summary)
             github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
+
+    def _report_unwritten(self, error: SafeMigrateError | None) -> None:
+        """Artifacts a full disk (or a lost mount) kept out: one event, and the run's one-line
+        error says which and where the recovery plan is instead."""
+        files = sorted(self.artifacts.unwritten)
+        reason = sorted(set(self.artifacts.unwritten.values()))
+        ledger = self.recorder.ledger
+        where = (f"the run and its recovery plan are in the ledger {ledger.qualified}: run "
+                 "`safe-migrate recover`" if ledger is not None and self.outcome_recorded
+                 else "run `safe-migrate recover` to rebuild the plan from the database")
+        line = (f"artifacts not written to {self.artifacts.directory} "
+                f"({'; '.join(reason)}): {', '.join(files)}; {where}")
+        self.log.error("artifacts.unwritten", files=files, reason="; ".join(reason),
+                       directory=str(self.artifacts.directory), message=line)
+        if error is not None:
+            error.message = f"{error.message}; {line}"
 
     def _record_failure(self, error: SafeMigrateError | None,
                         expected: list[str]) -> Failure:
@@ -420,6 +447,7 @@ class UpgradeJob:
                 heads_after=list(self.migrator.read_heads() or ()),
                 steps=[r.to_dict() for r in self.migrator.records.values() if r.attempts],
                 recovery=self.failure.to_dict() if self.failure else None)
+            self.outcome_recorded = True
         except (psycopg.Error, SafeMigrateError) as exc:
             # The local artifacts still hold it all; recover falls back to them.
             self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
@@ -490,7 +518,12 @@ class UpgradeJob:
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
-        self.artifacts.write_json("run.json", data, compact=not final)
+        try:
+            self.artifacts.write_json("run.json", data, compact=not final)
+        except OSError:
+            if self.recorder.ledger is None and not final and self.failure is None:
+                raise  # nothing else records the run: no step starts unrecorded
+            # A full disk mid-run: the ledger holds the run; said once at its end.
 
 
 def _without_record(running: dict[str, Any] | None) -> dict[str, Any] | None:
