@@ -38,7 +38,7 @@ from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
-from runner.urls import mask
+from runner.urls import mask, mask_text
 
 #: The common options plan reads (runner.settings.add_common_options).
 COMMON_OPTIONS = ("embedded", "connect_timeout", "ledger_table", "no_ledger")
@@ -120,18 +120,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _preflight(settings: Settings, args: argparse.Namespace, project: Project, hint: str,
                doc: dict[str, Any], log: Any) -> tuple[History, tuple[str, ...], list[Script]]:
+    # Built inside env.py's run, where alembic builds it (see History): the database's
+    # probe, or with --from (no database) an offline run, as `alembic upgrade --sql` would.
     history = load_history(project.script, config_hint=hint, config=project.config)
-    checked = history.loaded  # else once env.py ran (a deferred graph, see History)
-    if checked:
-        check_target(history, settings.target, config_hint=hint)
     if args.from_rev is not None:
-        if not history.loaded:  # no database: env.py runs offline, as `alembic --sql` would
+        try:
             offline_sql(project, "base:base", load=history.load, log=log)
+        except SafeMigrateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - env.py cannot run offline: built without it
+            log.warning("plan.offline_env_failed", error=f"{type(exc).__name__}: "
+                        f"{first_line(mask_text(str(exc)))}")
+        history.load()
         current = _resolve_from(history, args.from_rev)
     else:
         current = _database_heads(settings, project, history, log)
-    if not checked:
-        check_target(history, settings.target, config_hint=hint)
+    check_target(history, settings.target, config_hint=hint)
     check_database_revisions(history, current)
     try:
         steps = pending(history, current, settings.target)

@@ -96,21 +96,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from runner.schema import snapshot
 
         finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
-    expected: tuple[str, ...] | None = None
-    try:
-        history = load_history(project.script, config_hint=config_hint, config=project.config)
-        console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
-                                                      None))  # the console names each one
-        if history.loaded:  # else once env.py ran (a deferred graph, see History)
-            expected = check_target(history, settings.target, config_hint=config_hint)
-    except PreflightError as exc:
-        log.error("preflight.failed", reason=exc.message)
-        raise
+    # Built inside env.py's first run (the survey), where alembic builds it: see History.
+    history = load_history(project.script, config_hint=config_hint, config=project.config)
+    console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
+                                                  None))  # the console names each one
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
         try:
             heads = _survey(settings, project, history)
-            if expected is None:
-                expected = check_target(history, settings.target, config_hint=config_hint)
+            expected = check_target(history, settings.target, config_hint=config_hint)
         except PreflightError as exc:
             log.error("preflight.failed", reason=exc.message)
             raise

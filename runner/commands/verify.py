@@ -81,9 +81,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     history = load_history(project.script, config_hint=str(settings.config_file),
                            config=project.config)
     need_dump = bool(args.write_schema or args.schema_dir)
-    # A deferred graph (History) is counted once env.py built it, on the scratch database.
-    log.info("run.start", command="verify",
-             revisions=len(history.revisions) if history.loaded else None)
+    log.info("run.start", command="verify")  # the graph: once env.py ran (History)
     driver = settings.env_py_url.drivername if settings.env_py_url else env_py_driver()
     with scratch_database(settings, log, keep=args.keep) as scratch, \
             _pointed_at(project, history, scratch, driver):
@@ -91,6 +89,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if need_dump:
             pg_dump = snapshot.find_pg_dump(settings.pg_dump or scratch.pg_dump)
             snapshot.check_pg_dump(pg_dump, scratch.server_version_num)
+        log.info("verify.history", revisions=len(history.revisions))
         stairway = Stairway(project, history, scratch, log, pg_dump=pg_dump,
                             schema_dir=Path(args.schema_dir) if args.schema_dir else None)
         stairway.walk()

@@ -34,13 +34,15 @@ class History:
 
     Bare alembic imports the revision files only once env.py calls `run_migrations()`, so a
     revision module may rely on what env.py set up first: the app package on sys.path, an
-    imported application, `context.script.version_locations`. The cut (issue 14, item 2):
-    `load_history` tries to build the graph up front, so that a broken graph, several heads
-    or an unknown target are refused before anything connects; when a revision module cannot
-    be imported yet (any error raised while importing it, but a syntax error in the file
-    itself) or no revision is found, the graph is *deferred*: every command then runs env.py
-    first, and its fn builds the graph from there (`load()`), where alembic would. A module
-    that still fails then is named with its file and line (exit 3).
+    imported and configured application, `context.script.version_locations`. The cut (issue
+    14, item 2): nothing is imported up front. Every command runs env.py first (the probe,
+    read-only as `alembic current`; `plan --from` offline) and the graph is built in its fn,
+    inside `run_migrations()`: `load()`, passed to probe() / offline_sql(). Graph errors
+    (several heads, a cycle, an unknown target) are therefore found once env.py connected,
+    never before; a module that fails to import is named with its file and line (exit 3).
+    Importing early instead (and deferring only on failure) was tried and dropped: a module
+    that imports without error before env.py's setup (settings read from the environment
+    env.py prepares) would be cached in sys.modules with the wrong state.
     """
 
     def __init__(self, script: ScriptDirectory, config_hint: str = "alembic.ini",
@@ -49,7 +51,6 @@ class History:
         self.config_hint = config_hint
         self.config = config
         self._heads: tuple[str, ...] | None = None
-        self.deferred: str | None = None  # why the graph waits for env.py (file:line: error)
 
     @property
     def loaded(self) -> bool:
@@ -62,10 +63,9 @@ class History:
     def load(self) -> tuple[str, ...]:
         """Build the graph now (idempotent): from env.py's fn when it was deferred."""
         if self._heads is None:
-            if self.deferred is not None:
-                _forget_revisions(self.script)  # env.py may have changed version_locations
+            _forget_revisions(self.script)  # env.py may have changed version_locations
             try:
-                self._heads = _build(self.script, self.config_hint, defer=False)
+                self._heads = _build(self.script, self.config_hint)
             except UsageError:
                 self._explain_set_main_option()
                 raise
@@ -99,20 +99,11 @@ class History:
         return found
 
 
-class _Deferred(Exception):
-    """The graph cannot be built before env.py ran (see History)."""
-
-
 def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini",
                  config: Config | None = None) -> History:
-    """The revision graph, or a History that env.py's run builds (deferred): every way the
-    graph can be broken is a PreflightError (exit 3)."""
-    history = History(script, config_hint, config)
-    try:
-        history._heads = _build(script, config_hint, defer=True)
-    except _Deferred as exc:
-        history.deferred = str(exc)
-    return history
+    """The revision graph, built on first use (History.load, from env.py's run): every way
+    it can be broken is then a PreflightError (exit 3)."""
+    return History(script, config_hint, config)
 
 
 def _forget_revisions(script: ScriptDirectory) -> None:
@@ -122,17 +113,15 @@ def _forget_revisions(script: ScriptDirectory) -> None:
     script.revision_map = RevisionMap(script._load_revisions)
 
 
-def _build(script: ScriptDirectory, config_hint: str, *, defer: bool) -> tuple[str, ...]:
+def _build(script: ScriptDirectory, config_hint: str) -> tuple[str, ...]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             heads = tuple(script.get_heads())  # builds the map: cycles and gaps show here
         except Exception as exc:  # noqa: BLE001 - importing the user's revision files
-            raise _graph_error(exc, caught, defer=defer) from None
+            raise _graph_error(exc, caught) from None
     _check_warnings(caught)
     if not heads:
-        if defer:  # env.py may point alembic elsewhere (context.script.version_locations)
-            raise _Deferred("no revision found before env.py ran")
         raise UsageError(
             f"no migration scripts found in {_locations(script)}: check script_location "
             f"(or version_locations) in {config_hint}")
@@ -146,17 +135,13 @@ def _locations(script: ScriptDirectory) -> str:
         return str(script.dir)
 
 
-def _graph_error(exc: Exception, caught: list[warnings.WarningMessage], *,
-                 defer: bool) -> Exception:
+def _graph_error(exc: Exception, caught: list[warnings.WarningMessage]) -> Exception:
     where = import_failure(exc)
     if where is not None:
         path, line = where
-        own_syntax = isinstance(exc, SyntaxError) and exc.filename == path
-        message = (f"{path}:{line}: {type(exc).__name__}: "
-                   f"{_first_line(str(exc)) or type(exc).__name__}")
-        if defer and not own_syntax:  # env.py may provide what it needs: wait for it
-            return _Deferred(message)
-        return PreflightError(f"cannot import revision file {message}", file=path, line=line)
+        return PreflightError(
+            f"cannot import revision file {path}:{line}: {type(exc).__name__}: "
+            f"{_first_line(str(exc)) or type(exc).__name__}", file=path, line=line)
     if isinstance(exc, (CycleDetected, DependencyCycleDetected)):
         return PreflightError(
             f"the revision history has a cycle through {', '.join(exc.revisions)}: "
