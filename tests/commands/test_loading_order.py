@@ -244,3 +244,36 @@ def test_version_locations_set_through_the_config_in_env_py_is_explained(
     line = _error_line(capsys.readouterr().err)
     assert code == 2, line
     assert "context.script.version_locations" in line
+
+
+def test_no_revision_module_is_imported_before_env_py_ran(
+        make_project: Callable[..., Project], db: URL, run_cli: Callable[[list[str]], int],
+        sql: Callable[..., list[tuple[Any, ...]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module that imports without error before env.py's setup, but reads what env.py
+    prepares (settings from the environment): imported early, it would be cached wrong."""
+    app = f"settings_{uuid.uuid4().hex[:10]}"
+    src = tmp_path / "importable"
+    src.mkdir()
+    variable = app.upper()
+    (src / f"{app}.py").write_text(
+        f"import os\nTABLE = os.environ.get({variable!r}, 'imported_too_early')\n")
+    monkeypatch.syspath_prepend(str(src))  # importable with or without env.py
+    project = make_project([], url=db)
+    (project.root / "env.py").write_text(
+        f"import os\nos.environ[{variable!r}] = 'after_env_py'\n" + GENERIC_ENV)
+    project.add_modules(chained([("r1", f"""
+from {app} import TABLE
+
+
+def upgrade():
+    op.create_table(TABLE, sa.Column("id", sa.Integer))
+""")]))
+    try:
+        assert run_cli(cli_args(project, db, "--no-schema-diff",
+                                artifacts=tmp_path / "a")) == 0
+    finally:
+        os.environ.pop(variable, None)
+        sys.modules.pop(app, None)
+    assert sql("SELECT to_regclass('after_env_py') IS NOT NULL, "
+               "to_regclass('imported_too_early') IS NULL") == [(True, True)]
