@@ -92,3 +92,36 @@ def test_a_full_disk_during_a_partial_apply_still_exits_6_with_the_plan_in_the_l
     assert {"recovery-plan.json", "run.json"} <= set(unwritten["files"])
     assert "pre-step-r2.json" not in unwritten["files"]  # written before the disk filled
     assert not (next(artifacts.iterdir()) / "recovery-plan.json").exists()
+
+
+FILLS = '''
+op.create_table("first", sa.Column("id", sa.Integer))
+if not op.get_context().as_sql:
+    with open(os.path.join(os.environ["SM_FILL"], "filler"), "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 4096)
+        except OSError:
+            pass
+'''
+
+
+def test_without_the_ledger_a_step_that_cannot_be_recorded_does_not_start(
+        small_disk: Path, make_project: Callable[..., Project], db: URL,
+        sql: Callable[..., list[tuple[Any, ...]]], run_cli: Callable[[list[str]], int],
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-ledger: the artifacts are the only record of what a non-transactional step could
+    leave behind; with the disk full, that step is not started (exit 2), r1 stays applied."""
+    project = make_project([
+        ("r1", FILLS),
+        ("r2", "with op.get_context().autocommit_block():\n"
+               "    op.create_table('never', sa.Column('id', sa.Integer))")])
+    monkeypatch.setenv("SM_FILL", str(small_disk))
+    capsys.readouterr()
+    code = run_cli(cli_args(project, db, "--no-ledger", "--no-schema-diff",
+                            artifacts=small_disk / "artifacts"))
+    message = _error(capsys.readouterr().err)
+    assert code == 2, message
+    assert "migration r2" in message and "did not start" in message
+    assert "No space left on device" in message
+    assert version_of(sql) == ["r1"] and tables_of(sql) == {"first"}
