@@ -78,7 +78,7 @@ def _collect(settings: Settings, project: Project) -> dict[str, Any]:
             readings.append(read(raw, found, settings))
 
     found = probe(project, settings.database_url, read=on_env_py_connection,
-                  load=history.load)  # a deferred graph: built inside env.py's run
+                  load=history.load)  # the graph: built inside env.py's run
     if not readings:  # env.py's driver is not psycopg 3: a connection of our own
         with connect(found.url, timeout=settings.connect_timeout,
                      application_name="safe-migrate-status") as conn:

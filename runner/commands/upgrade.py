@@ -119,7 +119,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def _survey(settings: Settings, project: Project, history: History) -> tuple[str, ...]:
     """Run env.py once without changing anything, before anything runs: it must connect to
     the database asked for, and to one database and version table only (probe refuses a
-    multidb env.py or a loop over tenants, exit 2). Returns the database's heads. A deferred
+    multidb env.py or a loop over tenants, exit 2). Returns the database's heads. The
     revision graph is built there, inside env.py's run (History).
 
     With the run's connection retries: an unreachable database is retried here as it would

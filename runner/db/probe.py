@@ -75,7 +75,7 @@ def probe(project: Project, expect: URL | None = None, *,
     """What env.py connects to; with `expect` (the URL the user gave), refused when not that.
 
     `load`, when given, runs where alembic builds the revision graph: inside env.py's
-    `run_migrations()`, once env.py did its own setup (History.load, for a deferred graph).
+    `run_migrations()`, once env.py did its own setup (History.load).
 
     `read`, when given, runs on env.py's own connection once the database is known to be the
     one asked for (status reads the catalog there rather than opening a connection of its

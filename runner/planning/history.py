@@ -53,15 +53,11 @@ class History:
         self._heads: tuple[str, ...] | None = None
 
     @property
-    def loaded(self) -> bool:
-        return self._heads is not None
-
-    @property
     def heads(self) -> tuple[str, ...]:
         return self.load()
 
     def load(self) -> tuple[str, ...]:
-        """Build the graph now (idempotent): from env.py's fn when it was deferred."""
+        """Build the graph now (idempotent): called from env.py's run_migrations()."""
         if self._heads is None:
             _forget_revisions(self.script)  # env.py may have changed version_locations
             try:
@@ -107,7 +103,7 @@ def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini",
 
 
 def _forget_revisions(script: ScriptDirectory) -> None:
-    """Drop what a failed first build memoized, so the next one starts over."""
+    """Drop what was memoized before env.py ran (its version_locations may differ)."""
     for memo in ("_version_locations", "_singular_version_location"):
         script.__dict__.pop(memo, None)
     script.revision_map = RevisionMap(script._load_revisions)
