@@ -521,14 +521,19 @@ def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project,
                                                     run_cli, tmp_path, logs):
     """--database-url postgresql+<driver>://: env.py gets that URL, as under bare alembic; the
     runner's own sessions (lock, monitor, ledger) still work on psycopg 3."""
-    if driver == "asyncpg" and not SQLALCHEMY_2:
-        pytest.skip("SQLAlchemy 1.4's asyncpg adapter %-formats every statement: '%I' fails "
-                    "under bare alembic too")
     project = make_project([("r1", ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON),
                             ("r2", FIVE[1][1])], env_style=style)
     url = db.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
-    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
-                    "json", "--artifacts-dir", str(tmp_path / "a")]) == 0
+    code = run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
+                    "json", "--artifacts-dir", str(tmp_path / "a")])
+    if driver == "asyncpg" and not SQLALCHEMY_2:
+        # SQLAlchemy 1.4's asyncpg adapter %-formats every statement: bare alembic fails
+        # there with this same TypeError (checked by hand), and so does the run: exit 5.
+        assert code == 5
+        failed = events_named(logs, "migration.failed")[-1]
+        assert failed["type"] == "TypeError" and "not enough arguments" in failed["message"]
+        return
+    assert code == 0
     assert version_of(sql) == ["r2"]
     assert tables_of(sql) - {"nums"} == {f"ran_on_{driver}", "t2"}
     assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")
