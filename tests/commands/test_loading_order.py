@@ -202,7 +202,7 @@ def _error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command_name", ["upgrade", "plan", "status"])
+@pytest.mark.parametrize("command_name", ["upgrade", "plan", "status", "verify"])
 @pytest.mark.parametrize("broken", ["missing-module", "syntax-error"])
 def test_a_revision_that_cannot_be_imported_is_named_with_file_and_line(
         command_name: str, broken: str, make_project: Callable[..., Project], db: URL,
