@@ -20,6 +20,9 @@ PROGRESS_FILE = "progress.json"
 class Artifacts:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Files a write failed for (a full disk mid-run), with the reason: the run goes on,
+        # and says so once at its end (the ledger holds what recovery needs).
+        self.unwritten: dict[str, str] = {}
 
     def prepare(self) -> None:
         try:
@@ -37,10 +40,17 @@ class Artifacts:
         path = self.directory / name
         tmp = path.with_name(f".{name}.tmp")
         # Created 0600 from the start: never world-readable, not even for an instant.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written temp file would only take more of a full disk
+            self.unwritten[name] = exc.strerror or type(exc).__name__
+            raise
+        self.unwritten.pop(name, None)  # written after all (run.json, rewritten as it goes)
         return path
 
     def write_json(self, name: str, data: Any, *, compact: bool = False) -> Path:
@@ -50,7 +60,7 @@ class Artifacts:
                                                 default=str) + "\n")
 
     def journal(self, name: str = PROGRESS_FILE) -> Journal:
-        return Journal(self.directory / name)
+        return Journal(self.directory / name, self.unwritten)
 
 
 class Journal:
@@ -62,14 +72,19 @@ class Journal:
     spaces, so a shorter record never leaves the tail of a longer one behind.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, unwritten: dict[str, str] | None = None) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._width = 0
+        self._name = path.name
+        self._unwritten = unwritten if unwritten is not None else {}
 
     def record(self, data: dict[str, Any]) -> None:
         line = json.dumps(data, default=str).encode()
         self._width = max(self._width, len(line))
-        os.pwrite(self._fd, line.ljust(self._width) + b"\n", 0)
+        try:
+            os.pwrite(self._fd, line.ljust(self._width) + b"\n", 0)
+        except OSError as exc:  # a full disk: the ledger names the running step too
+            self._unwritten[self._name] = exc.strerror or type(exc).__name__
 
     def close(self) -> None:
         os.close(self._fd)

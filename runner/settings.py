@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 
 from runner.durations import DURATION_HELP, parse_duration
 from runner.errors import UsageError
-from runner.urls import parse_url
+from runner.urls import check_dialect, parse_url
 
 ARTIFACTS_ROOT = Path("migration-artifacts")
 LINT_MODES: tuple[str, ...] = ("error", "warn", "off")
@@ -187,7 +187,11 @@ def resolve_database_url(flag: str | None) -> URL | None:
 
 def as_given(text: str | None) -> URL | None:
     """The URL with the user's driver (parse_url validated it first)."""
-    return make_url(text.strip()) if text else None
+    if not text:
+        return None
+    url = make_url(text.strip())
+    check_dialect(url)  # +psycopg on SQLAlchemy 1.4: exit 2 before anything runs
+    return url
 
 
 def database_url_text(flag: str | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -37,6 +38,28 @@ def parse_url(text: str) -> URL:
         raise UsageError(f"unsupported database URL {mask(url)!r}: safe-migrate runs on PostgreSQL")
     # asyncpg/psycopg2/pg8000/async psycopg: all run through sync psycopg 3 here.
     return url.set(drivername=_SYNC_DRIVER)
+
+
+#: SQLAlchemy's major version: the user's, since safe-migrate runs in their virtualenv.
+SQLALCHEMY_2 = int(sqlalchemy.__version__.split(".", 1)[0]) >= 2
+# SQLAlchemy 1.4 has no psycopg 3 dialect (it came with 2.0).
+_PSYCOPG3_DRIVERS = {"postgresql+psycopg", "postgresql+psycopg_async",
+                     "postgres+psycopg", "postgres+psycopg_async"}
+
+
+def env_py_driver() -> str:
+    """The driver of a URL the runner makes for env.py (--embedded, verify's scratch
+    database): psycopg 3 on SQLAlchemy 2, psycopg2 (1.4's default) on SQLAlchemy 1.4."""
+    return _SYNC_DRIVER if SQLALCHEMY_2 else "postgresql+psycopg2"
+
+
+def check_dialect(url: URL) -> None:
+    """UsageError (exit 2) when the URL names a driver this SQLAlchemy has no dialect for."""
+    if not SQLALCHEMY_2 and url.drivername in _PSYCOPG3_DRIVERS:
+        raise UsageError(
+            f"database URL {mask(url)!r} names {url.drivername}, a dialect SQLAlchemy "
+            f"{sqlalchemy.__version__} does not have (psycopg 3 needs SQLAlchemy 2.0): use "
+            "postgresql+psycopg2:// or postgresql+asyncpg://, or upgrade SQLAlchemy")
 
 
 def mask(url: URL) -> str:

@@ -21,18 +21,21 @@ from support import Project, Server, libpq, write_project
 from runner import logging as runner_logging
 from runner.embedded import EmbeddedPostgres
 from runner.main import main
+from runner.urls import env_py_driver
 
 SERVER_ENV = "SAFE_MIGRATE_TEST_SERVER_URL"
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
+    # The driver migrations run on: psycopg 3, or psycopg2 under SQLAlchemy 1.4 (its CI pass).
+    driver = env_py_driver()
     external = os.environ.get(SERVER_ENV)
     if external:
-        yield Server(url=make_url(external).set(drivername="postgresql+psycopg"), embedded=None)
+        yield Server(url=make_url(external).set(drivername=driver), embedded=None)
         return
     with EmbeddedPostgres() as pg:
-        yield Server(url=pg.url("postgres"), embedded=pg)
+        yield Server(url=pg.url("postgres").set(drivername=driver), embedded=pg)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from runner import project as runner_project
 from runner.embedded import EmbeddedPostgres
+from runner.urls import env_py_driver
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "basic"
@@ -303,7 +304,7 @@ def write_project(root: Path, revisions: list[tuple[str, str]], env_style: str =
     (root / "env.py").write_text(ENV_STYLES[env_style])
     (root / "script.py.mako").write_text((REPO / "examples/basic/script.py.mako").read_text())
     ini_url = (url.render_as_string(hide_password=False).replace("%", "%%") if url
-               else "postgresql+psycopg://nobody@127.0.0.1:1/none")
+               else f"{env_py_driver()}://nobody@127.0.0.1:1/none")
     (root / "alembic.ini").write_text(textwrap.dedent(f"""\
         [alembic]
         script_location = %(here)s

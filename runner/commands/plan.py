@@ -33,11 +33,12 @@ from runner.planning.history import (
     pending,
     revision_source,
 )
+from runner.planning.offline import offline_sql
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
-from runner.urls import mask
+from runner.urls import mask, mask_text
 
 #: The common options plan reads (runner.settings.add_common_options).
 COMMON_OPTIONS = ("embedded", "connect_timeout", "ledger_table", "no_ledger")
@@ -119,12 +120,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _preflight(settings: Settings, args: argparse.Namespace, project: Project, hint: str,
                doc: dict[str, Any], log: Any) -> tuple[History, tuple[str, ...], list[Script]]:
-    history = load_history(project.script, config_hint=hint)
-    check_target(history, settings.target, config_hint=hint)
+    # Built inside env.py's run, where alembic builds it (see History): the database's
+    # probe, or with --from (no database) an offline run, as `alembic upgrade --sql` would.
+    history = load_history(project.script, config_hint=hint, config=project.config)
     if args.from_rev is not None:
+        try:
+            offline_sql(project, "base:base", load=history.load, log=log)
+        except SafeMigrateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - env.py cannot run offline: built without it
+            log.warning("plan.offline_env_failed", error=f"{type(exc).__name__}: "
+                        f"{first_line(mask_text(str(exc)))}")
+        history.load()
         current = _resolve_from(history, args.from_rev)
     else:
-        current = _database_heads(settings, project, log)
+        current = _database_heads(settings, project, history, log)
+    check_target(history, settings.target, config_hint=hint)
     check_database_revisions(history, current)
     try:
         steps = pending(history, current, settings.target)
@@ -149,7 +160,8 @@ def _resolve_from(history: History, rev: str) -> tuple[str, ...]:
     return tuple(s.revision for s in found if s is not None)
 
 
-def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str, ...]:
+def _database_heads(settings: Settings, project: Project, history: History,
+                    log: Any) -> tuple[str, ...]:
     """The database's revisions, read-only, from the version table env.py names (env.py runs
     online as `alembic current` runs it: nothing is created)."""
     open_runs: list[PastRun] = []
@@ -161,7 +173,7 @@ def _database_heads(settings: Settings, project: Project, log: Any) -> tuple[str
             origin.append(_unresolved(raw, found, settings, open_runs))
 
     try:
-        found = probe(project, settings.database_url, read=read_ledger)
+        found = probe(project, settings.database_url, read=read_ledger, load=history.load)
     except UsageError:
         if settings.database_url is None and not project.config.get_main_option(
                 "sqlalchemy.url"):

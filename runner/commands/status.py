@@ -68,7 +68,8 @@ def collect(settings: Settings) -> dict[str, Any]:
 
 
 def _collect(settings: Settings, project: Project) -> dict[str, Any]:
-    history = load_history(project.script, config_hint=str(settings.config_file))
+    history = load_history(project.script, config_hint=str(settings.config_file),
+                           config=project.config)
     readings: list[Reading] = []
 
     def on_env_py_connection(connection: Connection, found: ProbeResult) -> None:
@@ -76,7 +77,8 @@ def _collect(settings: Settings, project: Project) -> dict[str, Any]:
         if isinstance(raw, psycopg.Connection):  # read-only, inside env.py's transaction
             readings.append(read(raw, found, settings))
 
-    found = probe(project, settings.database_url, read=on_env_py_connection)
+    found = probe(project, settings.database_url, read=on_env_py_connection,
+                  load=history.load)  # the graph: built inside env.py's run
     if not readings:  # env.py's driver is not psycopg 3: a connection of our own
         with connect(found.url, timeout=settings.connect_timeout,
                      application_name="safe-migrate-status") as conn:

@@ -96,16 +96,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from runner.schema import snapshot
 
         finding = snapshot.start_find_pg_dump(settings.pg_dump)  # needed once connected
-    try:
-        history = load_history(project.script, config_hint=config_hint)
-        console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
-                                                      None))  # the console names each one
-        expected = check_target(history, settings.target, config_hint=config_hint)
-    except PreflightError as exc:
-        log.error("preflight.failed", reason=exc.message)
-        raise
+    # Built inside env.py's first run (the survey), where alembic builds it: see History.
+    history = load_history(project.script, config_hint=config_hint, config=project.config)
+    console.revision_messages(lambda rev: getattr(history.script.get_revision(rev), "doc",
+                                                  None))  # the console names each one
     with embedded_database(settings, project, log), interruptible(log) as interrupted:
-        heads = _survey(settings, project)
+        try:
+            heads = _survey(settings, project, history)
+            expected = check_target(history, settings.target, config_hint=config_hint)
+        except PreflightError as exc:
+            log.error("preflight.failed", reason=exc.message)
+            raise
         findings = _lint(args.lint, settings, project, history, log, heads,
                          args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
@@ -115,10 +116,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return job.execute(list(expected))
 
 
-def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
+def _survey(settings: Settings, project: Project, history: History) -> tuple[str, ...]:
     """Run env.py once without changing anything, before anything runs: it must connect to
     the database asked for, and to one database and version table only (probe refuses a
-    multidb env.py or a loop over tenants, exit 2). Returns the database's heads.
+    multidb env.py or a loop over tenants, exit 2). Returns the database's heads. The
+    revision graph is built there, inside env.py's run (History).
 
     With the run's connection retries: an unreachable database is retried here as it would
     be by the migration run itself."""
@@ -129,7 +131,7 @@ def _survey(settings: Settings, project: Project) -> tuple[str, ...]:
                             stop=stop_after_delay(settings.connect_timeout),
                             wait=jitter(multiplier=0.2, max=2.0), reraise=True):
         with attempt:
-            return probe(project, settings.database_url).heads
+            return probe(project, settings.database_url, load=history.load).heads
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
 
@@ -187,6 +189,7 @@ class UpgradeJob:
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
         self.recorder = Recorder(settings.run_id, log=log)
+        self.outcome_recorded = False  # the ledger row holds the outcome (and any plan)
         self.failure: Failure | None = None
 
     @property
@@ -265,8 +268,16 @@ class UpgradeJob:
                     f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
             # Compact: a few hundred OIDs. With the journal naming the step, it is what a
             # killed run's artifacts say it was doing (artifacts.load_run).
-            self.artifacts.write_text(pre_step_file(record.revision),
-                                      json.dumps(self.recorder.running))
+            try:
+                self.artifacts.write_text(pre_step_file(record.revision),
+                                          json.dumps(self.recorder.running))
+            except OSError as exc:
+                if self.recorder.ledger is None:  # then nothing would record it: no start
+                    raise UsageError(
+                        f"cannot record what migration {record.revision} could leave behind "
+                        f"in {self.artifacts.directory} ({exc.strerror}), and the ledger is "
+                        "off (--no-ledger): it did not start", revision=record.revision
+                    ) from None
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, expected: list[str]) -> int:
@@ -347,6 +358,8 @@ class UpgradeJob:
                 self.journal.close()
             applied = len(self.migrator.applied)
             self._write_run(error, final=True)
+            if self.artifacts.unwritten:
+                self._report_unwritten(error)
             self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
                           applied=applied)
             summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
@@ -354,6 +367,22 @@ class UpgradeJob:
             write_termination_log(self.settings.termination_log, summary)
             github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
+
+    def _report_unwritten(self, error: SafeMigrateError | None) -> None:
+        """Artifacts a full disk (or a lost mount) kept out: one event, and the run's one-line
+        error says which and where the recovery plan is instead."""
+        files = sorted(self.artifacts.unwritten)
+        reason = sorted(set(self.artifacts.unwritten.values()))
+        ledger = self.recorder.ledger
+        where = (f"the run and its recovery plan are in the ledger {ledger.qualified}: run "
+                 "`safe-migrate recover`" if ledger is not None and self.outcome_recorded
+                 else "run `safe-migrate recover` to rebuild the plan from the database")
+        line = (f"artifacts not written to {self.artifacts.directory} "
+                f"({'; '.join(reason)}): {', '.join(files)}; {where}")
+        self.log.error("artifacts.unwritten", files=files, reason="; ".join(reason),
+                       directory=str(self.artifacts.directory), message=line)
+        if error is not None:
+            error.message = f"{error.message}; {line}"
 
     def _record_failure(self, error: SafeMigrateError | None,
                         expected: list[str]) -> Failure:
@@ -411,6 +440,7 @@ class UpgradeJob:
                 heads_after=list(self.migrator.read_heads() or ()),
                 steps=[r.to_dict() for r in self.migrator.records.values() if r.attempts],
                 recovery=self.failure.to_dict() if self.failure else None)
+            self.outcome_recorded = True
         except (psycopg.Error, SafeMigrateError) as exc:
             # The local artifacts still hold it all; recover falls back to them.
             self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
@@ -480,7 +510,12 @@ class UpgradeJob:
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
-        self.artifacts.write_json("run.json", data, compact=not final)
+        try:
+            self.artifacts.write_json("run.json", data, compact=not final)
+        except OSError:
+            if self.recorder.ledger is None and not final and self.failure is None:
+                raise  # nothing else records the run: no step starts unrecorded
+            # A full disk mid-run: the ledger holds the run; said once at its end.
 
 
 def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:

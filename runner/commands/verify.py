@@ -36,7 +36,7 @@ from runner.planning.history import History, load_history
 from runner.project import Project, load_project, set_url
 from runner.schema import snapshot
 from runner.settings import Settings
-from runner.urls import mask, mask_text, same_database
+from runner.urls import env_py_driver, mask, mask_text, same_database
 
 UPGRADE, DOWNGRADE, REUPGRADE, REBUILD, CHECK = (
     "upgrade", "downgrade", "re-upgrade", "rebuild", "check")
@@ -78,16 +78,18 @@ class Failure:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     project = load_project(settings)
-    history = load_history(project.script, config_hint=str(settings.config_file))
+    history = load_history(project.script, config_hint=str(settings.config_file),
+                           config=project.config)
     need_dump = bool(args.write_schema or args.schema_dir)
-    log.info("run.start", command="verify", revisions=len(history.revisions))
-    driver = settings.env_py_url.drivername if settings.env_py_url else None
+    log.info("run.start", command="verify")  # the graph: once env.py ran (History)
+    driver = settings.env_py_url.drivername if settings.env_py_url else env_py_driver()
     with scratch_database(settings, log, keep=args.keep) as scratch, \
-            _pointed_at(project, scratch, driver):
+            _pointed_at(project, history, scratch, driver):
         pg_dump = None
         if need_dump:
             pg_dump = snapshot.find_pg_dump(settings.pg_dump or scratch.pg_dump)
             snapshot.check_pg_dump(pg_dump, scratch.server_version_num)
+        log.info("verify.history", revisions=len(history.revisions))
         stairway = Stairway(project, history, scratch, log, pg_dump=pg_dump,
                             schema_dir=Path(args.schema_dir) if args.schema_dir else None)
         stairway.walk()
@@ -110,7 +112,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 # -- scratch database --------------------------------------------------------------------------
 
 @contextmanager
-def _pointed_at(project: Project, scratch: Scratch, driver: str | None) -> Iterator[None]:
+def _pointed_at(project: Project, history: History, scratch: Scratch,
+                driver: str | None) -> Iterator[None]:
     """Point env.py at the scratch database, and make sure it listens: the stairway runs
     downgrades, which must never reach the database env.py would otherwise connect to.
 
@@ -125,7 +128,7 @@ def _pointed_at(project: Project, scratch: Scratch, driver: str | None) -> Itera
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
     try:
-        found = probe(project)  # read-only, as `alembic current`
+        found = probe(project, load=history.load)  # read-only, as `alembic current`
         if not same_database(found.url, scratch.url):
             raise UsageError(
                 f"env.py connects to {mask(found.url)}, not to verify's scratch database "

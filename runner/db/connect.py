@@ -70,6 +70,12 @@ def env_py_failure(exc: BaseException) -> SafeMigrateError:
                           f"not installed: pip install {DRIVER_PACKAGES[exc.name]}")
     if _no_url(exc):
         return UsageError(NO_URL)
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError) and "postgresql.psycopg" in str(exc):
+        # alembic.ini's (or env.py's own) postgresql+psycopg URL on SQLAlchemy 1.4
+        return UsageError(
+            f"SQLAlchemy {sqlalchemy.__version__} has no postgresql+psycopg dialect (psycopg 3 "
+            "needs SQLAlchemy 2.0): use postgresql+psycopg2:// or postgresql+asyncpg:// in "
+            "sqlalchemy.url / --database-url, or upgrade SQLAlchemy")
     configuration = classify_database_error(exc)
     if configuration is not None:
         return configuration

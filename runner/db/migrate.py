@@ -74,7 +74,7 @@ from runner.planning.history import (
 from runner.planning.transactional import non_transactional_reasons
 from runner.project import Project, fresh_attributes
 from runner.settings import Settings
-from runner.urls import mask, mask_text
+from runner.urls import SQLALCHEMY_2, mask, mask_text
 
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 # The session died under the migration: admin shutdown/terminate, crash, connection failure.
@@ -392,8 +392,7 @@ class Migrator:
             raise read_only_error(bool(in_recovery))
         self._pid = int(pid)
         target = where_env_py_connects(connection, opts)
-        if connection.in_transaction():
-            connection.commit()
+        commit_now(connection)
         event.listen(connection, "before_cursor_execute", self._before_statement)
         event.listen(connection, "commit", self._transaction_ended)
         event.listen(connection, "rollback", self._transaction_ended)
@@ -436,6 +435,7 @@ class Migrator:
             self._in_step.broke_transaction = True
 
     def _steps(self, heads: tuple[str, ...], context: MigrationContext) -> Iterator[RevisionStep]:
+        self.history.load()  # built by the survey already; here is where alembic builds it
         check_database_revisions(self.history, tuple(heads))
         steps: list[RevisionStep] = list(
             self.project.script._upgrade_revs(self.target, heads))  # type: ignore[arg-type]
@@ -574,10 +574,20 @@ def end_env_py_transaction(connection: Connection) -> None:
     closed transaction inside context manager"): so the block is detached from the
     connection, and at its end finds its transaction closed and does nothing.
     """
-    if connection.in_transaction():
-        connection.commit()
+    commit_now(connection)
     if getattr(connection, "_trans_context_manager", None) is not None:
         connection._trans_context_manager = None  # SQLAlchemy's own exit path tolerates it
+
+
+def commit_now(connection: Connection) -> None:
+    """Commit whatever the connection has open, on SQLAlchemy 2 and 1.4 alike: 1.4's
+    (non-future) Connection has no commit(), and its library-level autocommit leaves the
+    DBAPI transaction that a SET or SELECT began open, with no SQLAlchemy Transaction."""
+    transaction = connection.get_transaction()
+    if transaction is not None:
+        transaction.commit()
+    elif not SQLALCHEMY_2:
+        connection.connection.commit()
 
 
 # A statement that ends the transaction it runs in (not ROLLBACK TO SAVEPOINT).

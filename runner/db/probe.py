@@ -70,8 +70,12 @@ def describe(target: ProbeResult) -> str:
 
 
 def probe(project: Project, expect: URL | None = None, *,
-          read: Callable[[Connection, ProbeResult], None] | None = None) -> ProbeResult:
+          read: Callable[[Connection, ProbeResult], None] | None = None,
+          load: Callable[[], object] | None = None) -> ProbeResult:
     """What env.py connects to; with `expect` (the URL the user gave), refused when not that.
+
+    `load`, when given, runs where alembic builds the revision graph: inside env.py's
+    `run_migrations()`, once env.py did its own setup (History.load).
 
     `read`, when given, runs on env.py's own connection once the database is known to be the
     one asked for (status reads the catalog there rather than opening a connection of its
@@ -94,6 +98,12 @@ def probe(project: Project, expect: URL | None = None, *,
     def no_steps(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         # alembic read the version table for us, as `alembic current` does (no table: ()).
         heads_read.append(tuple(heads))
+        if load is not None and len(heads_read) == 1:
+            try:
+                load()
+            except Exception as exc:  # kept: env.py may swallow it
+                read_failed.append(exc)
+                raise
         if read is not None and len(heads_read) == 1 and found and context.connection:
             try:
                 read(context.connection, found[0])
@@ -107,6 +117,8 @@ def probe(project: Project, expect: URL | None = None, *,
         with env, fresh_attributes(project.config):
             project.script.run_env()
     except Exception as exc:  # noqa: BLE001 - env.py is the user's code
+        if read_failed:
+            raise read_failed[0] from None
         raise env_py_failure(exc) from None
     if not found:
         raise UsageError("env.py did not connect to a database (offline-only env.py?)")

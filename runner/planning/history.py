@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from dataclasses import dataclass
 
+from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import (
     CycleDetected,
@@ -17,6 +17,7 @@ from alembic.script.revision import (
     MultipleHeads,
     ResolutionError,
     RevisionError,
+    RevisionMap,
 )
 from alembic.util.exc import CommandError
 
@@ -28,48 +29,152 @@ from runner.errors import (
 )
 
 
-@dataclass(frozen=True)
 class History:
-    script: ScriptDirectory
-    heads: tuple[str, ...]
+    """The revision graph, built when alembic itself would build it.
+
+    Bare alembic imports the revision files only once env.py calls `run_migrations()`, so a
+    revision module may rely on what env.py set up first: the app package on sys.path, an
+    imported and configured application, `context.script.version_locations`. The cut (issue
+    14, item 2): nothing is imported up front. Every command runs env.py first (the probe,
+    read-only as `alembic current`; `plan --from` offline) and the graph is built in its fn,
+    inside `run_migrations()`: `load()`, passed to probe() / offline_sql(). Graph errors
+    (several heads, a cycle, an unknown target) are therefore found once env.py connected,
+    never before; a module that fails to import is named with its file and line (exit 3).
+    Importing early instead (and deferring only on failure) was tried and dropped: a module
+    that imports without error before env.py's setup (settings read from the environment
+    env.py prepares) would be cached in sys.modules with the wrong state.
+    """
+
+    def __init__(self, script: ScriptDirectory, config_hint: str = "alembic.ini",
+                 config: Config | None = None) -> None:
+        self.script = script
+        self.config_hint = config_hint
+        self.config = config
+        self._heads: tuple[str, ...] | None = None
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.load()
+
+    def load(self) -> tuple[str, ...]:
+        """Build the graph now (idempotent): called from env.py's run_migrations()."""
+        if self._heads is None:
+            _forget_revisions(self.script)  # env.py may have changed version_locations
+            try:
+                self._heads = _build(self.script, self.config_hint)
+            except UsageError:
+                self._explain_set_main_option()
+                raise
+        return self._heads
+
+    def _explain_set_main_option(self) -> None:
+        """No revision found, and env.py set version_locations in the Config: alembic reads
+        that option before env.py runs (ScriptDirectory.from_config), so bare alembic finds
+        no revision either and silently does nothing. Said plainly rather than 'no scripts'."""
+        if self.config is None:
+            return
+        wanted = self.config.get_version_locations_list() or []
+        if wanted and list(wanted) != list(self.script.version_locations):
+            raise UsageError(
+                f"env.py sets version_locations ({', '.join(wanted)}) with "
+                "config.set_main_option, which alembic reads before env.py runs: no revision "
+                "is found there (bare alembic does nothing either). Set "
+                "context.script.version_locations in env.py, or version_locations in "
+                f"{self.config_hint}")
 
     @functools.cached_property
     def revisions(self) -> tuple[Script, ...]:
         """Every revision, base -> heads order (walked on first use: most commands never do)."""
+        self.load()
         return tuple(reversed(list(self.script.walk_revisions("base", "heads"))))
 
     def by_id(self, revision: str) -> Script:
+        self.load()
         found = self.script.get_revision(revision)
         assert found is not None
         return found
 
 
-def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini") -> History:
-    """Build the revision graph; every way it can be broken is a PreflightError (exit 3)."""
+def load_history(script: ScriptDirectory, *, config_hint: str = "alembic.ini",
+                 config: Config | None = None) -> History:
+    """The revision graph, built on first use (History.load, from env.py's run): every way
+    it can be broken is then a PreflightError (exit 3)."""
+    return History(script, config_hint, config)
+
+
+def _forget_revisions(script: ScriptDirectory) -> None:
+    """Drop what was memoized before env.py ran (its version_locations may differ)."""
+    for memo in ("_version_locations", "_singular_version_location"):
+        script.__dict__.pop(memo, None)
+    script.revision_map = RevisionMap(script._load_revisions)
+
+
+def _build(script: ScriptDirectory, config_hint: str) -> tuple[str, ...]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             heads = tuple(script.get_heads())  # builds the map: cycles and gaps show here
-        except (CycleDetected, DependencyCycleDetected) as exc:
-            raise PreflightError(
-                f"the revision history has a cycle through {', '.join(exc.revisions)}: "
-                "fix the down_revision of one of them") from None
-        except KeyError as exc:
-            raise PreflightError(
-                f"a revision names down_revision {exc.args[0]!r}, which does not exist"
-                f"{_warning_detail(caught)}: restore that revision or fix the down_revision"
-            ) from None
-        except (RevisionError, CommandError) as exc:
-            raise PreflightError(f"the revision history is broken: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - importing the user's revision files
-            raise PreflightError(
-                f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
+            raise _graph_error(exc, caught) from None
     _check_warnings(caught)
     if not heads:
         raise UsageError(
-            f"no migration scripts found in {script.versions}: check script_location "
-            f"in {config_hint}")
-    return History(script=script, heads=heads)
+            f"no migration scripts found in {_locations(script)}: check script_location "
+            f"(or version_locations) in {config_hint}")
+    return heads
+
+
+def _locations(script: ScriptDirectory) -> str:
+    try:
+        return ", ".join(str(p) for p in script._version_locations)
+    except Exception:  # noqa: BLE001 - a package resource that does not resolve
+        return str(script.dir)
+
+
+def _graph_error(exc: Exception, caught: list[warnings.WarningMessage]) -> Exception:
+    where = import_failure(exc)
+    if where is not None:
+        path, line = where
+        return PreflightError(
+            f"cannot import revision file {path}:{line}: {type(exc).__name__}: "
+            f"{_first_line(str(exc)) or type(exc).__name__}", file=path, line=line)
+    if isinstance(exc, (CycleDetected, DependencyCycleDetected)):
+        return PreflightError(
+            f"the revision history has a cycle through {', '.join(exc.revisions)}: "
+            "fix the down_revision of one of them")
+    if isinstance(exc, KeyError):
+        return PreflightError(
+            f"a revision names down_revision {exc.args[0]!r}, which does not exist"
+            f"{_warning_detail(caught)}: restore that revision or fix the down_revision")
+    if isinstance(exc, (RevisionError, CommandError)):
+        return PreflightError(f"the revision history is broken: {exc}")
+    return PreflightError(
+        f"cannot load the migration scripts: {type(exc).__name__}: {_first_line(str(exc))}")
+
+
+def import_failure(exc: BaseException) -> tuple[str, int] | None:
+    """(file, line) of the revision module whose import raised `exc`, else None.
+
+    alembic imports each revision file with `load_module_py`: the first frame after that one
+    (importlib's own are `<frozen ...>`) is the revision file at the line that raised; a
+    syntax error carries its own file and line, whichever module had it.
+    """
+    seen_loader = False
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if seen_loader and not code.co_filename.startswith("<"):
+            return code.co_filename, tb.tb_lineno
+        seen_loader = seen_loader or code.co_name == "load_module_py"
+        tb = tb.tb_next
+    if seen_loader and isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno or 0
+    return None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _warning_detail(caught: list[warnings.WarningMessage]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from collections.abc import Callable
 from typing import Any
 
 from alembic.config import Config
@@ -18,7 +19,8 @@ RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re
 
 
 def offline_sql(project: Project, revision_range: str, *, downgrade: bool = False,
-                buffer: io.StringIO | None = None, log: Any = None) -> str:
+                buffer: io.StringIO | None = None, log: Any = None,
+                load: Callable[[], object] | None = None) -> str:
     """`alembic upgrade --sql START:END` (or downgrade), as alembic's `command` module runs it
     but on the project's already loaded ScriptDirectory: `command.upgrade` would build a new one
     and import every revision file again (0.5 s at 2,000 revisions).
@@ -41,6 +43,8 @@ def offline_sql(project: Project, revision_range: str, *, downgrade: bool = Fals
     start, end = revision_range.split(":", 1) if ":" in revision_range else (None, revision_range)
 
     def steps(rev: Any, _context: Any) -> Any:
+        if load is not None:  # where alembic builds the revision graph (History.load)
+            load()
         if downgrade:
             return script._downgrade_revs(end, rev)
         return script._upgrade_revs(end, rev)

@@ -23,7 +23,7 @@ from support import (
     version_of,
 )
 
-from runner.urls import libpq_kwargs
+from runner.urls import SQLALCHEMY_2, libpq_kwargs
 
 FIVE = [
     ("r1", "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"),
@@ -154,7 +154,15 @@ def test_lock_held_past_wait_exits_4(make_project, db, sql, tmp_path):
     assert first.wait(30) == 0
 
 
-def test_sigterm_mid_migration_rolls_back_and_frees_the_lock(make_project, db, sql, tmp_path):
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_sigterm_mid_migration_rolls_back_and_frees_the_lock(driver, make_project, db, sql,
+                                                             tmp_path):
+    """psycopg2 waits for a statement inside C code, where no Python signal handler runs:
+    the signal still reaches the runner at once (the wakeup fd) and the statement is cancelled."""
+    if driver == "psycopg2":
+        db = db.set(drivername="postgresql+psycopg2")
+    elif not SQLALCHEMY_2:
+        pytest.skip("SQLAlchemy 1.4 has no psycopg 3 dialect")
     project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
                             ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
                                    "op.execute('SELECT pg_sleep(60)')")])
@@ -184,6 +192,8 @@ def test_env_py_styles_run_unchanged_one_transaction_per_migration(style, make_p
     project = make_project([("r1", "op.create_table('t1', sa.Column('id', sa.Integer))"),
                             ("r2", "op.create_table('t2', sa.Column('id', sa.Integer))\n"
                                    "raise RuntimeError('boom')")], env_style=style)
+    if style == "async" and not SQLALCHEMY_2:  # the async template needs an async driver
+        db = db.set(drivername="postgresql+asyncpg")
     with capture_logs() as logs:
         assert run_cli(cli_args(project, db, artifacts=tmp_path / "a")) == 5
     # r1 committed on its own although env.py never asked for transaction_per_migration.
@@ -517,8 +527,16 @@ def test_migrations_run_on_the_driver_the_url_names(driver, style, make_project,
     project = make_project([("r1", ON_THE_USERS_DRIVER[driver] + "\n" + RAN_ON),
                             ("r2", FIVE[1][1])], env_style=style)
     url = db.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
-    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
-                    "json", "--artifacts-dir", str(tmp_path / "a")]) == 0
+    code = run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--log-format",
+                    "json", "--artifacts-dir", str(tmp_path / "a")])
+    if driver == "asyncpg" and not SQLALCHEMY_2:
+        # SQLAlchemy 1.4's asyncpg adapter %-formats every statement: bare alembic fails
+        # there with this same TypeError (checked by hand), and so does the run: exit 5.
+        assert code == 5
+        failed = events_named(logs, "migration.failed")[-1]
+        assert failed["type"] == "TypeError" and "not enough arguments" in failed["message"]
+        return
+    assert code == 0
     assert version_of(sql) == ["r2"]
     assert tables_of(sql) - {"nums"} == {f"ran_on_{driver}", "t2"}
     assert events_named(logs, "lock.acquired") and events_named(logs, "lock.released")

@@ -22,6 +22,8 @@ from support import (
     version_of,
 )
 
+from runner.urls import SQLALCHEMY_2
+
 
 def plan_of(directory: Path) -> dict:
     return json.loads((run_dir(directory) / "recovery-plan.json").read_text())
@@ -101,7 +103,14 @@ def test_raw_commit_mid_migration_then_error(make_project, db, sql, run_cli, tmp
     assert run_cli(cli_args(project, db, artifacts=art)) == 6
     plan = plan_of(art)
     assert plan["status"] == "partial-apply" and plan["stamp_target"] == "r1"
-    assert {(o["kind"], o["name"]) for o in plan["leftover_objects"]} == {("table", "half")}
+    # The ALTER after the raw COMMIT ran in a transaction of its own that the failure rolled
+    # back, except under SQLAlchemy 1.4 with psycopg2, where it committed: the plan lists
+    # what the database holds, either way.
+    extra = sql("SELECT count(*) FROM information_schema.columns "
+                "WHERE column_name = 'extra'") == [(1,)]
+    assert extra is not SQLALCHEMY_2
+    assert {(o["kind"], o["name"]) for o in plan["leftover_objects"]} == {
+        ("table", "half"), *([("column", "extra")] if extra else [])}
     assert tables_of(sql) == {"base_t", "half"}  # committed before the error
     monkeypatch.delenv("SM_FAIL")
     recover_and_upgrade(project, db, sql, run_cli, tmp_path, art)
