@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -185,3 +186,33 @@ def test_tenants_lock_apart_and_two_fleets_at_once(tmp_path: Path, db, sql) -> N
             applied[entry["name"]] += entry["applied"]
     assert all(sorted(revs) == ["r1", "r2"] for revs in applied.values()), applied
     assert all(v == ["r2"] for v in versions(db, more).values())
+
+
+def test_sigterm_stops_starting_and_interrupts_the_running(tmp_path: Path, db, sql) -> None:
+    slow = [("r1", 'op.create_table("accounts", sa.Column("id", sa.BigInteger))'),
+            ("r2", 'op.execute("SELECT pg_sleep(30)")')]
+    project = tenant_project(tmp_path / "project", slow)
+    tenants = [f"g{i}" for i in range(10)]
+    create_schemas(db, tenants)
+    targets = tenants_yaml(tmp_path / "targets.yaml", tenants)
+    proc = spawn(fleet_args(project.ini, db.render_as_string(hide_password=False), targets,
+                            tmp_path / "art", "--parallel", "2"))
+    deadline = time.monotonic() + 60
+    while len(sql("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' "
+                  "AND state = 'active'")) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-1500:]
+        time.sleep(0.05)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # to the parent only, as Kubernetes does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 8, err[-2000:]
+    assert time.monotonic() - started < 20  # cancelled, not waited out
+    report = fleet_json(tmp_path / "art")
+    assert report["stopped_by"] == "interrupted" and report["exit_code"] == 8
+    assert report["counts"] == {"interrupted": 2, "not-started": 8}, report["counts"]
+    running = [t["name"] for t in report["targets"] if t["outcome"] == "interrupted"]
+    found = versions(db, tenants)
+    assert all(found[name] == ["r1"] for name in running)  # r2 rolled back
+    assert all(found[t] == [] for t in tenants if t not in running)
+    assert sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+               "(SELECT oid FROM pg_database WHERE datname = current_database())") == [(0,)]
