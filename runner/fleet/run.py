@@ -45,12 +45,15 @@ class Fleet:
 
 
 def target_settings(fleet: Fleet, target: Resolved) -> Settings:
-    base = fleet.settings
+    return for_target(fleet.settings, target, snapshots=fleet.pg_dump is not None)
+
+
+def for_target(base: Settings, target: Resolved, *, snapshots: bool = False) -> Settings:
+    """The run's settings, for one target: its URL, the common -x then its own, its folder."""
     return dataclasses.replace(
         base, database_url=target.url, env_py_url=target.given,
         x_args=[*base.x_args, *target.target.x_args],
-        artifacts_dir=base.artifacts_dir / target.name,
-        schema_diff=fleet.pg_dump is not None,
+        artifacts_dir=base.artifacts_dir / target.name, schema_diff=snapshots,
         termination_log=Path(os.devnull))  # the fleet writes the one summary line
 
 
