@@ -161,6 +161,7 @@ def upgrade(settings: Settings, args: argparse.Namespace) -> int:
         results, stopped_by = schedule(len(resolved), executor, policy, stopping, done)
     ordered = [{"name": resolved[i].name, **results[i]} for i in range(len(resolved))]
     header["ended_at"] = datetime.now(UTC).isoformat()
+    header["peak_rss_kib"] = _peak_rss()
     data = report.build(header, ordered, stopped_by)
     artifacts.write_text("fleet.json", report.dumps(data))
     log.info("fleet.done", exit_code=data["exit_code"], counts=data["counts"],
@@ -171,6 +172,15 @@ def upgrade(settings: Settings, args: argparse.Namespace) -> int:
                           f"safe-migrate fleet: exit {data['exit_code']}; " + ", ".join(
                               f"{n} {o}" for o, n in data["counts"].items()))
     return int(data["exit_code"])
+
+
+def _peak_rss() -> dict[str, int]:
+    """Peak resident memory of this process and of its largest worker (the workers are
+    joined by now, so RUSAGE_CHILDREN covers them): flat as the fleet grows."""
+    import resource
+
+    return {"parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
 
 
 @contextlib.contextmanager
