@@ -216,3 +216,29 @@ def test_sigterm_stops_starting_and_interrupts_the_running(tmp_path: Path, db, s
     assert all(found[t] == [] for t in tenants if t not in running)
     assert sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                "(SELECT oid FROM pg_database WHERE datname = current_database())") == [(0,)]
+
+
+def test_a_worker_that_dies_fails_its_target_alone(tmp_path: Path, db) -> None:
+    """A worker killed under a target (the OOM killer, say): that target is exit 1, the worker
+    is replaced, and every other target still runs. Targets from JSON lines."""
+    dies = [("r1", 'op.create_table("accounts", sa.Column("id", sa.BigInteger))'),
+            ("r2", "from alembic import context\n"
+                   "if context.get_x_argument(as_dictionary=True)['tenant'] == 'w3':\n"
+                   "    import signal\n"
+                   "    os.kill(os.getpid(), signal.SIGKILL)")]
+    project = tenant_project(tmp_path / "project", dies)
+    tenants = [f"w{i}" for i in range(8)]
+    create_schemas(db, tenants)
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text("".join(json.dumps({"name": t, "x": {"tenant": t}}) + "\n"
+                               for t in tenants))
+    proc = spawn(fleet_args(project.ini, db.render_as_string(hide_password=False), targets,
+                            tmp_path / "art", "--parallel", "2"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    report = fleet_json(tmp_path / "art")
+    assert report["counts"] == {"internal-error": 1, "success": 7}
+    assert "worker process died (signal 9)" in by_name(report)["w3"]["error"]
+    found = versions(db, tenants)
+    assert found.pop("w3") == ["r1"]  # r2 rolled back with its session
+    assert all(v == ["r2"] for v in found.values())
