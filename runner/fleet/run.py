@@ -76,7 +76,8 @@ def run_target(fleet: Fleet, index: int, interrupted: threading.Event) -> Result
         return {**result, "outcome": NOT_STARTED, "exit_code": None,
                 "not_started_because": BY_INTERRUPT}
     started = time.monotonic()
-    log = get_logger().bind(run_id=fleet.settings.run_id, target=target.name)
+    # `fleet_target`: each event says whose it is (`target` is the revision, in some events).
+    log = get_logger().bind(run_id=fleet.settings.run_id, fleet_target=target.name)
     settings = target_settings(fleet, target)
     point_project(fleet.project, settings, fleet.ini_url)
     try:
