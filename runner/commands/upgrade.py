@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import threading
 import time
 from concurrent.futures import Future
@@ -445,8 +446,11 @@ class UpgradeJob:
         downgrade_sql = (downgrade_template(self.project, rec.revision, rec.down_revision)
                          if rec is not None and failure.status == PARTIAL_APPLY else None)
         rollback_file = self.artifacts.directory.resolve() / "rollback.sql"
+        # The -x arguments too: with a schema per tenant they say which tenant to fix.
+        hint = " ".join([str(self.settings.config_file),
+                         *(f"-x {shlex.quote(x)}" for x in self.settings.x_args)])
         plan = recovery.build_plan(
-            failure, current=failure.heads, config_hint=str(self.settings.config_file),
+            failure, current=failure.heads, config_hint=hint,
             downgrade_sql=downgrade_sql, psql_url=psql_url(self.db.url) if self.db else None,
             rollback_file=str(rollback_file))
         self.artifacts.write_json("recovery-plan.json", plan.to_dict())

@@ -111,6 +111,8 @@ def test_one_failing_tenant_exits_5_and_the_others_reach_head(tmp_path: Path, db
     assert found.pop("t5") == []
     assert all(v == ["r3"] for v in found.values()), found
     assert "t5: exit 5 migration-failed" in out
+    plan = json.loads((Path(bad["artifacts"]) / "recovery-plan.json").read_text())
+    assert any(c.endswith("-x tenant=t5") for c in plan["commands"]), plan["commands"]
 
 
 def test_a_failing_canary_starts_nothing_else(tmp_path: Path, db) -> None:
