@@ -94,3 +94,29 @@ def test_targets_from_a_query_on_the_control_database(tmp_path: Path, db, sql,
                     "--artifacts-dir", str(tmp_path / "art2"), "--lint", "off"])
     assert code == 2
     assert sql("SELECT count(*) FROM public.tenants") == [(3,)]
+
+
+def test_snapshots_on_request_and_an_empty_shard(tmp_path: Path, db, run_cli) -> None:
+    from fleet_support import create_schemas, fleet_json, tenants_yaml
+
+    from runner.fleet.shard import Shard
+
+    project = tenant_project(tmp_path / "project")
+    create_schemas(db, ["s1", "s2"])
+    url = db.render_as_string(hide_password=False)
+    targets = tenants_yaml(tmp_path / "t.yaml", ["s1", "s2"])
+    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--targets",
+                    str(targets), "--fleet-snapshots", "--lint", "off",
+                    "--artifacts-dir", str(tmp_path / "art")]) == 0
+    report = fleet_json(tmp_path / "art")
+    folder = Path(report["targets"][0]["artifacts"])
+    assert "accounts" in (folder / "schema.diff").read_text()
+    # A shard that owns none of the targets: nothing to do, exit 0, an empty report.
+    count = 64
+    empty = next(i for i in range(count) if not any(Shard(i, count).owns(t)
+                                                    for t in ("s1", "s2")))
+    assert run_cli(["upgrade", "-c", str(project.ini), "--database-url", url, "--targets",
+                    str(targets), "--shard", f"{empty}/{count}", "--lint", "off",
+                    "--artifacts-dir", str(tmp_path / "art2")]) == 0
+    report = fleet_json(tmp_path / "art2")
+    assert report["targets"] == [] and report["targets_total"] == 2 and report["exit_code"] == 0
