@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="output_format", choices=["text", "json"],
                         default="text", help="output format (default text)")
     add_lint_argument(parser)
-    from runner.fleet import command as fleet  # --targets, --targets-query, --shard
+    from runner.fleet import options as fleet  # --targets, --targets-query, --shard
 
     fleet.add_arguments(parser, runs=False)
 
@@ -88,7 +88,7 @@ class PlannedRevision:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     check_lint_arguments(args)
-    from runner.fleet import command as fleet
+    from runner.fleet import options as fleet
 
     if fleet.requested(args):  # every target, grouped by revision: runner/fleet/plan.py
         from runner.fleet import plan as fleet_plan

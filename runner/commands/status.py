@@ -33,7 +33,7 @@ EXAMPLE = """\
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["text", "json"], default="text")
-    from runner.fleet import command as fleet  # --targets, --targets-query, --shard
+    from runner.fleet import options as fleet  # --targets, --targets-query, --shard
 
     fleet.add_arguments(parser, runs=False)
 
@@ -121,7 +121,7 @@ def _last_run(last: PastRun, holders: list[dict[str, Any]],
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from runner.fleet import command as fleet
+    from runner.fleet import options as fleet
 
     if fleet.requested(args):  # the fleet at a glance: runner/fleet/status.py
         from runner.fleet import status as fleet_status

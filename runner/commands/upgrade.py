@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-drift", action="store_true",
                         default=os.environ.get("SAFE_MIGRATE_ALLOW_DRIFT", "") in ("1", "true"),
                         help="report schema drift but run anyway")
-    from runner.fleet import command as fleet  # --targets, --parallel, --canary, --shard...
+    from runner.fleet import options as fleet  # --targets, --parallel, --canary, --shard...
 
     fleet.add_arguments(parser)
 
@@ -88,10 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     check_lint_arguments(args)
-    from runner.fleet import command as fleet
+    from runner.fleet import options as fleet
 
     if fleet.requested(args):  # many databases / tenant schemas: runner/fleet
-        return fleet.upgrade(settings, args)
+        from runner.fleet import command
+
+        return command.upgrade(settings, args)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
     project = load_project(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import functools
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,61 +15,20 @@ from runner import __version__
 from runner.artifacts import Artifacts, write_termination_log
 from runner.errors import PreflightError, UsageError
 from runner.fleet import report
-from runner.fleet.pool import Inline, Policy, Processes, Result, forwarding_signals, schedule
-from runner.fleet.run import Fleet, run_target
+from runner.fleet.pool import (
+    Inline,
+    Policy,
+    Processes,
+    Result,
+    RunOne,
+    forwarding_signals,
+    schedule,
+)
 from runner.fleet.shard import Shard, shard_from
 from runner.fleet.targets import Target, from_query, load_file, resolve_all
 from runner.lifecycle import interruptible
 from runner.logging import get_logger
 from runner.settings import Settings
-
-#: The fleet's own options (upgrade's; status and plan take --targets and --shard).
-FLEET_ONLY = ("parallel", "canary", "max_failures", "fleet_snapshots")
-
-
-def add_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) -> None:
-    group = parser.add_argument_group("fleet (many databases or tenant schemas)")
-    env = os.environ.get
-    group.add_argument("--targets", metavar="FILE", default=env("SAFE_MIGRATE_TARGETS"),
-                       help="YAML list or JSON lines of targets: name, url | url_env | "
-                            "url_file, x (env SAFE_MIGRATE_TARGETS)")
-    group.add_argument("--targets-query", metavar="SQL",
-                       default=env("SAFE_MIGRATE_TARGETS_QUERY"),
-                       help="targets from a query on --database-url (the control database): "
-                            "one row per target, columns named as the file's fields")
-    group.add_argument("--shard", metavar="I/N", default=None,
-                       help="only the targets whose name hashes to shard I of N (default: "
-                            "JOB_COMPLETION_INDEX / SAFE_MIGRATE_SHARDS)")
-    if not runs:
-        return
-    group.add_argument("--parallel", metavar="N", default=env("SAFE_MIGRATE_PARALLEL", "1"),
-                       help="worker processes (default 1)")
-    group.add_argument("--canary", metavar="K", default=env("SAFE_MIGRATE_CANARY", "0"),
-                       help="the first K targets must all succeed before the rest start")
-    group.add_argument("--max-failures", metavar="F", default=env("SAFE_MIGRATE_MAX_FAILURES"),
-                       help="start no new target after F failures (default: no limit)")
-    group.add_argument("--fleet-snapshots", action="store_true",
-                       default=env("SAFE_MIGRATE_FLEET_SNAPSHOTS", "") in ("1", "true"),
-                       help="pg_dump snapshots and schema.diff per migrated target (default "
-                            "off for fleets)")
-
-
-def requested(args: argparse.Namespace) -> bool:
-    """Whether this is a fleet run; fleet-only options without targets are refused."""
-    if getattr(args, "targets", None) or getattr(args, "targets_query", None):
-        if args.targets and args.targets_query:
-            raise UsageError("give --targets or --targets-query, not both")
-        return True
-    if getattr(args, "shard", None):
-        raise UsageError("--shard needs --targets or --targets-query")
-    for name in FLEET_ONLY:
-        value = getattr(args, name, None)
-        if name == "fleet_snapshots" and value:
-            raise UsageError("--fleet-snapshots needs --targets or --targets-query")
-        if (name in ("parallel", "canary") and value not in (None, "1", "0")) or (
-                name == "max_failures" and value is not None):
-            raise UsageError(f"--{name.replace('_', '-')} needs --targets or --targets-query")
-    return False
 
 
 def _count(value: str | None, flag: str, *, minimum: int) -> int | None:
@@ -109,6 +68,7 @@ def select(settings: Settings, args: argparse.Namespace) -> tuple[list[Target], 
 
 
 def upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.fleet.run import Fleet, run_target
     from runner.planning.history import check_target, load_history
     from runner.project import load_project
 
@@ -157,7 +117,8 @@ def upgrade(settings: Settings, args: argparse.Namespace) -> int:
                  exit_code=result["exit_code"], applied=len(result.get("applied") or ()),
                  duration_ms=result.get("duration_ms"))
 
-    with _executor(fleet, policy, log) as (executor, stopping):
+    runner = functools.partial(run_target, fleet)
+    with _executor(runner, len(resolved), policy, log) as (executor, stopping):
         results, stopped_by = schedule(len(resolved), executor, policy, stopping, done)
     ordered = [{"name": resolved[i].name, **results[i]} for i in range(len(resolved))]
     header["ended_at"] = datetime.now(UTC).isoformat()
@@ -184,16 +145,15 @@ def _peak_rss() -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def _executor(fleet: Fleet, policy: Policy,
+def _executor(run: RunOne, count: int, policy: Policy,
               log: Any) -> Iterator[tuple[Inline | Processes, threading.Event]]:
-    workers = min(policy.parallel, len(fleet.targets))
+    workers = min(policy.parallel, count)
     if workers <= 1:
         with interruptible(log) as interrupted:
-            yield Inline(lambda i, stop: run_target(fleet, i, stop), interrupted), interrupted
+            yield Inline(run, interrupted), interrupted
         return
     stopping = threading.Event()
-    processes = Processes(lambda i, stop: run_target(fleet, i, stop), workers,
-                          lambda: interruptible(log))
+    processes = Processes(run, workers, lambda: interruptible(log))
     try:
         with forwarding_signals(processes, stopping, log):
             yield processes, stopping

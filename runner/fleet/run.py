@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import Future
@@ -19,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
 from runner.artifacts import Artifacts
+from runner.db.migrate import Migrator
+from runner.db.probe import check_database, where_env_py_connects
 from runner.errors import ExitCode, SafeMigrateError
 from runner.fleet.pool import BY_INTERRUPT, NOT_STARTED, Result
 from runner.fleet.targets import Resolved
@@ -42,6 +48,7 @@ class Fleet:
     targets: list[Resolved]
     pg_dump: Path | None  # --fleet-snapshots: the pg_dump found once for all
     ini_url: str | None  # alembic.ini's own sqlalchemy.url, for targets without a URL
+    probed: bool = False  # this process ran the full probe once (see _upgrade)
 
 
 def target_settings(fleet: Fleet, target: Resolved) -> Settings:
@@ -96,12 +103,15 @@ def run_target(fleet: Fleet, index: int, interrupted: threading.Event) -> Result
 def _upgrade(fleet: Fleet, settings: Settings, log: Any,
              interrupted: threading.Event) -> dict[str, Any]:
     from runner.commands.upgrade import UpgradeJob, _survey
-    from runner.db.migrate import Migrator
 
-    heads = _survey(settings, fleet.project)  # env.py's own read of its version table
-    if set(heads) == set(fleet.expected):
-        return {"outcome": "up-to-date", "exit_code": 0, "applied": [],
-                "heads_before": list(heads), "heads_after": list(heads), "artifacts": None}
+    heads: tuple[str, ...] | None = None
+    if not fleet.probed:
+        # Once per process, the full probe: an env.py that migrates several databases or
+        # version tables per run, or connects nowhere, is refused (exit 2) as in a single run.
+        heads = _survey(settings, fleet.project)
+        fleet.probed = True  # in this process (each worker has its own copy)
+        if set(heads) == set(fleet.expected):
+            return _up_to_date(heads)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
     finding: Future[Path] | None = None
@@ -110,15 +120,19 @@ def _upgrade(fleet: Fleet, settings: Settings, log: Any,
         finding.set_result(fleet.pg_dump)
     job = UpgradeJob(settings, fleet.project, artifacts, log, finding, interrupted, fleet.args)
     job.lint_findings = []
-    job.migrator = Migrator(fleet.project, settings, fleet.history, settings.target, log=log,
-                            interrupted=interrupted, hooks=job)
+    migrator = job.migrator = _FleetMigrator(
+        fleet.project, settings, fleet.history, settings.target, log=log,
+        interrupted=interrupted, hooks=job, expected=fleet.expected)
     error: SafeMigrateError | None = None
     try:
         code = ExitCode(job.execute(list(fleet.expected)))
     except SafeMigrateError as exc:
         error, code = exc, exc.exit_code
-    applied = [r.revision for r in job.migrator.applied]
-    before = list(job.migrator.db_heads_before or heads)
+    if migrator.at_target is not None and code == ExitCode.OK:
+        shutil.rmtree(settings.artifacts_dir, ignore_errors=True)  # nothing ran: no record
+        return _up_to_date(migrator.at_target)
+    applied = [r.revision for r in migrator.applied]
+    before = list(migrator.db_heads_before or heads or ())
     if code == ExitCode.OK:
         after = list(fleet.expected)
     elif job.failure is not None:
@@ -129,6 +143,57 @@ def _upgrade(fleet: Fleet, settings: Settings, log: Any,
             "exit_code": int(code), "applied": applied, "heads_before": before,
             "heads_after": after, "artifacts": str(settings.artifacts_dir),
             **({"error": " ".join(mask_text(error.message).split())} if error else {})}
+
+
+def _up_to_date(heads: tuple[str, ...]) -> dict[str, Any]:
+    return {"outcome": "up-to-date", "exit_code": 0, "applied": [], "heads_before": list(heads),
+            "heads_after": list(heads), "artifacts": None}
+
+
+class _AtTarget(Exception):
+    def __init__(self, heads: tuple[str, ...]) -> None:
+        super().__init__("at the target revision")
+        self.heads = heads
+
+
+class _FleetMigrator(Migrator):
+    """The single-database Migrator, which first reads the version table on env.py's own
+    connection, before the advisory lock, the ledger or any other session: a target already
+    at the target revision stops there (one env.py run, one read), and one that is behind
+    runs env.py once, not once to look and once to migrate."""
+
+    def __init__(self, *args: Any, expected: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = set(expected)
+        self.at_target: tuple[str, ...] | None = None
+        self._looked = False
+
+    def _prepare(self, connection: Connection, opts: dict[str, Any]) -> None:
+        if not self._looked:
+            self._looked = True
+            found = where_env_py_connects(connection, opts)
+            check_database(found.url, self.settings.database_url)  # before reading anything
+            heads = _version_heads(connection, found.version_schema, found.version_table)
+            if heads is not None and set(heads) == self.expected:
+                raise _AtTarget(heads)
+        super()._prepare(connection, opts)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except _AtTarget as at:
+            self.at_target = at.heads
+
+
+def _version_heads(connection: Connection, schema: str,
+                   table: str) -> tuple[str, ...] | None:
+    """The version table's rows through env.py's connection, whatever its driver."""
+    quote = connection.dialect.identifier_preparer.quote
+    name = f"{quote(schema)}.{quote(table)}"
+    if connection.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is None:
+        return None
+    return tuple(str(r[0]) for r in connection.execute(
+        text(f"SELECT version_num FROM {name}")))
 
 
 def _outcome(code: ExitCode) -> str:

@@ -120,3 +120,24 @@ def test_snapshots_on_request_and_an_empty_shard(tmp_path: Path, db, run_cli) ->
                     "--artifacts-dir", str(tmp_path / "art2")]) == 0
     report = fleet_json(tmp_path / "art2")
     assert report["targets"] == [] and report["targets_total"] == 2 and report["exit_code"] == 0
+
+
+def test_an_env_py_looping_over_tenants_is_refused_per_target(tmp_path: Path, db,
+                                                               run_cli) -> None:
+    """env.py's shape is checked by a full probe until one target passes it: a loop over
+    tenants in one env.py run is refused (exit 2) for every target, and nothing is created."""
+    from fleet_support import REVISIONS, create_schemas, fleet_json, versions
+    from support import write_project
+
+    project = write_project(tmp_path / "project", REVISIONS, "tenant-loop")
+    create_schemas(db, ["l1", "l2", "l3", "l4"])
+    targets = tmp_path / "t.yaml"
+    targets.write_text("- {name: a, x: {tenants: 'l1,l2'}}\n- {name: b, x: {tenants: 'l3,l4'}}\n")
+    code = run_cli(["upgrade", "-c", str(project.ini), "--database-url",
+                    db.render_as_string(hide_password=False), "--targets", str(targets),
+                    "--lint", "off", "--artifacts-dir", str(tmp_path / "art")])
+    assert code == 2
+    report = fleet_json(tmp_path / "art")
+    assert [t["exit_code"] for t in report["targets"]] == [2, 2]
+    assert "more than one database or version table" in report["targets"][1]["error"]
+    assert versions(db, ["l1", "l2", "l3", "l4"]) == {"l1": [], "l2": [], "l3": [], "l4": []}
