@@ -204,7 +204,10 @@ class ConsoleRenderer:
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> str:
         name = str(event.get("event"))
-        if self.live_allowed:
+        # A fleet's target: its lines say whose they are (workers interleave), and no live
+        # line (several processes would draw over each other).
+        fleet_target = event.pop("fleet_target", None)
+        if self.live_allowed and fleet_target is None:
             self._follow(name, event)
         render = self.renderers.get(name, self._generic)
         text = render(event)
@@ -214,6 +217,8 @@ class ConsoleRenderer:
             self.console.print(text)
         # Nested fields (a blocker's query) escape runner.logging's mask: mask the line too.
         line = mask_text(captured.get().rstrip("\n"))
+        if fleet_target is not None:
+            line = "\n".join(f"[{fleet_target}] {part}" for part in line.split("\n"))
         if self.live is not None:
             # Above the live line, through rich (a raw write would garble it).
             from rich.text import Text

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="output_format", choices=["text", "json"],
                         default="text", help="output format (default text)")
     add_lint_argument(parser)
+    from runner.fleet import options as fleet  # --targets, --targets-query, --shard
+
+    fleet.add_arguments(parser, runs=False)
 
 
 @dataclass
@@ -86,6 +89,12 @@ class PlannedRevision:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     check_lint_arguments(args)
+    from runner.fleet import options as fleet
+
+    if fleet.requested(args):  # every target, grouped by revision: runner/fleet/plan.py
+        from runner.fleet import plan as fleet_plan
+
+        return fleet_plan.run(settings, args)
     project = load_project(settings)
     hint = str(settings.config_file)
     doc: dict[str, Any] = {"target": settings.target, "from": args.from_rev, "current": None,

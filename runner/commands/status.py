@@ -33,6 +33,9 @@ EXAMPLE = """\
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["text", "json"], default="text")
+    from runner.fleet import options as fleet  # --targets, --targets-query, --shard
+
+    fleet.add_arguments(parser, runs=False)
 
 
 @dataclass
@@ -120,6 +123,12 @@ def _last_run(last: PastRun, holders: list[dict[str, Any]],
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.fleet import options as fleet
+
+    if fleet.requested(args):  # the fleet at a glance: runner/fleet/status.py
+        from runner.fleet import status as fleet_status
+
+        return fleet_status.run(settings, args)
     report = collect(settings)
     get_logger().info("status", **{k: v for k, v in report.items() if k != "pending"})
     if args.format == "json":

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import threading
 import time
 from concurrent.futures import Future
@@ -79,11 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-drift", action="store_true",
                         default=os.environ.get("SAFE_MIGRATE_ALLOW_DRIFT", "") in ("1", "true"),
                         help="report schema drift but run anyway")
+    from runner.fleet import options as fleet  # --targets, --parallel, --canary, --shard...
+
+    fleet.add_arguments(parser)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     log = get_logger().bind(run_id=settings.run_id)
     check_lint_arguments(args)
+    from runner.fleet import options as fleet
+
+    if fleet.requested(args):  # many databases / tenant schemas: runner/fleet
+        from runner.fleet import command
+
+        return command.upgrade(settings, args)
     artifacts = Artifacts(settings.artifacts_dir)
     artifacts.prepare()
     project = load_project(settings)
@@ -468,8 +478,11 @@ class UpgradeJob:
         downgrade_sql = (downgrade_template(self.project, rec.revision, rec.down_revision)
                          if rec is not None and failure.status == PARTIAL_APPLY else None)
         rollback_file = self.artifacts.directory.resolve() / "rollback.sql"
+        # The -x arguments too: with a schema per tenant they say which tenant to fix.
+        hint = " ".join([str(self.settings.config_file),
+                         *(f"-x {shlex.quote(x)}" for x in self.settings.x_args)])
         plan = recovery.build_plan(
-            failure, current=failure.heads, config_hint=str(self.settings.config_file),
+            failure, current=failure.heads, config_hint=hint,
             downgrade_sql=downgrade_sql, psql_url=psql_url(self.db.url) if self.db else None,
             rollback_file=str(rollback_file))
         self.artifacts.write_json("recovery-plan.json", plan.to_dict())
