@@ -83,7 +83,10 @@ def upgrade(settings: Settings, args: argparse.Namespace) -> int:
     artifacts.prepare()
     project = load_project(settings)
     config_hint = str(settings.config_file)
-    history = load_history(project.script, config_hint=config_hint)
+    # Unlike a single run, the graph is built here, before any env.py runs: every worker
+    # (forked below) needs the target's heads to tell a target at head with one query. A
+    # history whose revision files need env.py's setup is refused here (exit 3).
+    history = load_history(project.script, config_hint=config_hint, config=project.config)
     try:
         expected = list(check_target(history, settings.target, config_hint=config_hint))
     except PreflightError as exc:

@@ -108,7 +108,7 @@ def _upgrade(fleet: Fleet, settings: Settings, log: Any,
     if not fleet.probed:
         # Once per process, the full probe: an env.py that migrates several databases or
         # version tables per run, or connects nowhere, is refused (exit 2) as in a single run.
-        heads = _survey(settings, fleet.project)
+        heads = _survey(settings, fleet.project, fleet.history)
         fleet.probed = True  # in this process (each worker has its own copy)
         if set(heads) == set(fleet.expected):
             return _up_to_date(heads)
