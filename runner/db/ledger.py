@@ -130,9 +130,12 @@ class Ledger:
         try:
             self._run(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                 self._name, sql.SQL(_COLUMNS)), (), doing="create the run ledger")
-        except psycopg.errors.UniqueViolation:
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable,
+                psycopg.errors.DuplicateObject):
             # Another service (its own version table, so its own lock) created it at the same
-            # moment: IF NOT EXISTS does not cover that race in the catalog.
+            # moment: IF NOT EXISTS does not cover that race in the catalog, which fails on
+            # pg_type's or pg_class's unique index or on their own checks (type or relation
+            # "already exists"), depending on when the other one committed.
             if not self.exists():
                 raise
 
