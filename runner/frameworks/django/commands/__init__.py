@@ -1,0 +1,1 @@
+"""The commands for --framework django: the same names, options and exit codes."""

@@ -1,0 +1,27 @@
+"""`safe-migrate upgrade --framework django [APP | APP:MIGRATION]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from runner.settings import Settings
+
+COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
+                  "lock_retries", "advisory_lock_wait", "artifacts_dir", "no_schema_diff",
+                  "pg_dump", "ledger_table", "no_ledger")
+EXAMPLE = """\
+  DATABASE_URL=postgresql://app@db.internal/app safe-migrate upgrade --framework django \\
+      --settings mysite.settings
+  safe-migrate upgrade --framework django --settings mysite.settings shop:0003
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", default="heads",
+                        help="APP or APP:MIGRATION (default: every app's latest)")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.frameworks.django import upgrade
+
+    return upgrade.run(settings, args)
