@@ -223,28 +223,33 @@ class DjangoUpgrade:
                            tool_version=__version__)
 
     def _apply_all(self, migrations: list[Any]) -> None:
-        if not migrations:
-            self._post_migrate(migrations)
-            return
-        from django.core.management.sql import emit_pre_migrate_signal
-
-        emit_pre_migrate_signal(0, False, self.connection.alias, plan=[(m, False)
-                                                                      for m in migrations])
-        self.executor.recorder.ensure_schema()
-        state = self.executor._create_project_state(with_applied_migrations=True)
-        with self.connection.execute_wrapper(self._statement):
-            for migration, step in zip(migrations, self.steps, strict=True):
-                state = self._apply_with_retries(migration, step, state)
-        self._post_migrate(migrations)
-
-    def _post_migrate(self, migrations: list[Any]) -> None:
-        """What `manage.py migrate` does after the plan: contenttypes and permissions."""
+        """As `manage.py migrate` does around its executor: pre_migrate with the state before,
+        the plan, then post_migrate with the final state's apps (content types and
+        permissions), so that the database ends the same as under Django's command."""
         from django.apps import apps
-        from django.core.management.sql import emit_post_migrate_signal
+        from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+        from django.db.migrations.state import ModelState
 
+        alias = self.connection.alias
+        plan = [(m, False) for m in migrations]
+        before = self.executor._create_project_state(with_applied_migrations=True)
+        emit_pre_migrate_signal(0, False, alias, apps=before.apps, plan=plan)
+        state = before.clone()
+        if migrations:
+            self.executor.recorder.ensure_schema()
+            with self.connection.execute_wrapper(self._statement):
+                for migration, step in zip(migrations, self.steps, strict=True):
+                    state = self._apply_with_retries(migration, step, state)
         self.executor.check_replacements()  # squashed migrations whose parts all ran
-        emit_post_migrate_signal(0, False, self.connection.alias, apps=apps,
-                                 plan=[(m, False) for m in migrations])
+        state.clear_delayed_apps_cache()
+        after = state.apps
+        with after.bulk_update():  # real apps re-rendered with their relations (as migrate)
+            keys = []
+            for model_state in after.real_models:
+                keys.append((model_state.app_label, model_state.name_lower))
+                after.unregister_model(*keys[-1])
+        after.render_multiple([ModelState.from_model(apps.get_model(*key)) for key in keys])
+        emit_post_migrate_signal(0, False, alias, apps=after, plan=plan)
 
     def _apply_with_retries(self, migration: Any, step: Step, state: Any) -> Any:
         from tenacity import (
@@ -313,6 +318,7 @@ class DjangoUpgrade:
 
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
+            self._end_broken_atomic()
             step.partial = not step.transactional and self._left_something(step)
             self._unwatch(step)
             step.duration_ms = _ms_since(started)
@@ -326,6 +332,22 @@ class DjangoUpgrade:
         self.log.info("migration.done", revision=step.id, duration_ms=step.duration_ms,
                       attempts=step.attempts, lock_wait_ms=step.lock_wait_ms)
         return state
+
+    def _end_broken_atomic(self) -> None:
+        """A failure in the deferred SQL (foreign keys, indexes) raises from the schema
+        editor's __exit__ before it closes its atomic block: the transaction stays open and
+        aborted. Roll it back and give the connection back its autocommit state."""
+        conn = self.connection
+        if not conn.in_atomic_block:
+            return
+        with contextlib.suppress(Exception):
+            conn.connection.rollback()
+        conn.in_atomic_block = False
+        conn.needs_rollback = False
+        conn.savepoint_ids = []
+        conn.commit_on_exit = True
+        with contextlib.suppress(Exception):
+            conn.set_autocommit(True)
 
     def _statement(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
                    context: dict[str, Any]) -> Any:
