@@ -140,7 +140,7 @@ def test_failing_atomic_migration_exit_5_nothing_recorded(django_project, sql):
     assert sql("SELECT outcome, exit_code FROM safe_migrate_runs") == [("migration-failed", 5)]
 
 
-def test_failing_concurrent_unique_index_exit_6_invalid_index_left(django_project, sql):
+def test_failing_concurrent_unique_index_exit_6_recovered_then_upgraded(django_project, sql):
     assert django_project.run("upgrade", "--no-schema-diff").code == 0
     sql("INSERT INTO shop_product (sku, name, status) VALUES ('a', 'x', 'draft'), "
         "('a', 'y', 'draft')")
@@ -160,6 +160,26 @@ def test_failing_concurrent_unique_index_exit_6_invalid_index_left(django_projec
     # The unresolved partial apply blocks the next run (exit 3) until recovered.
     again = django_project.run("upgrade", "--no-schema-diff")
     assert again.code == 3 and "recover" in again.error()
+
+    shown = django_project.run("recover")
+    assert shown.code == 0, shown.stderr[-2000:]
+    assert shown.named("recovery.plan")[0]["status"] == "partial-apply"
+    assert sql("SELECT count(*) FROM pg_index WHERE indexrelid = "
+               "'shop_product_sku_uniq'::regclass") == [(1,)]  # showing changes nothing
+    done = django_project.run("recover", "--execute", "--yes")
+    assert done.code == 0, done.stderr[-2000:]
+    assert [e["sql"] for e in done.named("recovery.statement")] == [
+        'DROP INDEX CONCURRENTLY IF EXISTS "public"."shop_product_sku_uniq";']
+    assert sql("SELECT to_regclass('shop_product_sku_uniq')") == [(None,)]
+    assert sql("SELECT count(*) FROM safe_migrate_runs WHERE outcome = 'partial-apply' "
+               "AND resolution = 'recovered'") == [(1,)]
+    # The migration's cause fixed (the duplicate gone): upgrade reaches the target.
+    sql("DELETE FROM shop_product WHERE name = 'y'")
+    final = django_project.run("upgrade", "--no-schema-diff")
+    assert final.code == 0, final.stderr[-2000:]
+    assert ("shop", "0004_sku_unique") in _applied(sql)
+    assert sql("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+               "'shop_product_sku_uniq'::regclass") == [(True,)]
 
 
 def test_preflight_refusals_exit_3_with_the_fix(django_project, sql):
