@@ -70,7 +70,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 #: The commands the Django adapter has (runner/frameworks/django/commands/).
-DJANGO_COMMANDS = ("upgrade", "recover")
+DJANGO_COMMANDS = ("upgrade", "plan", "status", "recover")
 
 
 def _module(name: str, framework: str = "alembic") -> Any:
