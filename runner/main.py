@@ -70,7 +70,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 #: The commands the Django adapter has (runner/frameworks/django/commands/).
-DJANGO_COMMANDS = ("upgrade", "plan", "status", "recover")
+DJANGO_COMMANDS = ("upgrade", "plan", "status", "verify", "recover")
 
 
 def _module(name: str, framework: str = "alembic") -> Any:

@@ -30,9 +30,10 @@ class DjangoProject:
         return path
 
     def args(self, command: str, *extra: str) -> list[str]:
+        artifacts = [] if command == "verify" else ["--artifacts-dir", str(self.artifacts)]
         return [command, "--framework", "django", "--settings", "mysite.settings",
                 "--database-url", self.db.render_as_string(hide_password=False),
-                "--log-format", "json", "--artifacts-dir", str(self.artifacts), *extra]
+                "--log-format", "json", *artifacts, *extra]
 
     def spawn(self, command: str, *extra: str) -> subprocess.Popen[str]:
         return spawn(self.args(command, *extra), cwd=self.root)
