@@ -125,6 +125,9 @@ class DjangoUpgrade:
         self.heads_before: list[str] = []
         self.executor: Any = None
         self.writes = 0  # statements of the running step that changed something
+        # Session-level SETs outlive each migration's transaction: sent once at connect,
+        # again only after a migration that touched a timeout (a round trip saved per step).
+        self.timeouts_changed = False
         self.timeouts = (f"SET lock_timeout = '{to_postgres_ms(settings.lock_timeout)}'; "
                          "SET statement_timeout = "
                          f"'{to_postgres_ms(settings.statement_timeout)}'")
@@ -184,7 +187,8 @@ class DjangoUpgrade:
         try:
             self.connection.ensure_connection()
             with self.connection.cursor() as cursor:
-                cursor.execute("SET application_name = 'safe-migrate-migration'")
+                cursor.execute("SET application_name = 'safe-migrate-migration'; "
+                               + self.timeouts)
                 if self.connection.pg_version >= 140000:
                     cursor.execute("SET idle_session_timeout = 0")  # idles while we lock
                 cursor.execute("SELECT pg_backend_pid(), current_schema(), "
@@ -301,8 +305,10 @@ class DjangoUpgrade:
         step.error = None
         step.outcome = "running"
         self._before_step(step)
-        with self.connection.cursor() as cursor:  # whatever an earlier migration set
-            cursor.execute(self.timeouts)
+        if self.timeouts_changed:  # a migration changed them: set again, before the next
+            with self.connection.cursor() as cursor:
+                cursor.execute(self.timeouts)
+            self.timeouts_changed = False
         self.writes = 0
         started = time.monotonic()
         self.log.info("migration.start", revision=step.id, down_revision=step.previous,
@@ -356,8 +362,11 @@ class DjangoUpgrade:
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted: no further statements are sent")
         result = execute(sql, params, many, context)
-        if not str(sql).lstrip().lower().startswith(_READS):
+        text = str(sql).lstrip().lower()
+        if not text.startswith(_READS):
             self.writes += 1
+        if "_timeout" in text:  # e.g. RunSQL("SET lock_timeout = 0"): the run's are set again
+            self.timeouts_changed = True
         return result
 
     def _left_something(self, step: Step) -> bool:

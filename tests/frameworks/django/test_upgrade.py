@@ -106,7 +106,25 @@ def test_eight_runners_apply_each_migration_once(django_project, sql):
     assert advisory_locks(sql) == 0
 
 
-def test_blocked_migration_bounded_by_lock_timeout_then_completed(django_project, sql):
+SETS_NO_TIMEOUT = """
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0001_initial")]
+    operations = [migrations.RunSQL("SET lock_timeout = 0")]
+"""
+
+
+@pytest.mark.parametrize("earlier_sets_no_timeout", [False, True])
+def test_blocked_migration_bounded_by_lock_timeout_then_completed(django_project, sql,
+                                                                  earlier_sets_no_timeout):
+    if earlier_sets_no_timeout:  # a migration before it switches the session's timeout off
+        django_project.migration("shop", "0001b_no_timeout", SETS_NO_TIMEOUT)
+        for app, name in (("shop", "0002_status_retired"), ("accounts", "0001_initial")):
+            path = django_project.root / app / "migrations" / f"{name}.py"
+            path.write_text(path.read_text().replace('("shop", "0001_initial")',
+                                                     '("shop", "0001b_no_timeout")'))
     first = django_project.run("upgrade", "shop:0001_initial", "--no-schema-diff")
     assert first.code == 0, first.stderr[-2000:]
     # accounts.0001 adds a foreign key to shop_product: it needs a lock the blocker holds.
