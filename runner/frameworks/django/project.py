@@ -57,8 +57,9 @@ def setup(settings_module: str | None, alias: str, url: URL | None) -> Any:
         raise UsageError(f"--database {alias}: ENGINE {entry.get('ENGINE')} is not PostgreSQL")
     try:
         django.setup()
-    except ImproperlyConfigured as exc:
-        raise UsageError(f"Django settings {module}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the project's own code (apps, models) failed
+        raise UsageError(f"django.setup() with {module} failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     from django.db import connections
 
     return connections[alias]

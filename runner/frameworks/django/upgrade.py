@@ -422,6 +422,11 @@ class DjangoUpgrade:
                 return exc
             from django.db import DatabaseError
 
+            from runner.db.connect import classify_database_error
+
+            configuration = classify_database_error(exc.__cause__ or exc)
+            if configuration is not None:  # a privilege, a read-only database (exit 2)
+                return configuration
             if isinstance(exc, DatabaseError):
                 return DatabaseUnreachableError(
                     f"database error outside any migration: {first_line(mask_text(str(exc)))}")
