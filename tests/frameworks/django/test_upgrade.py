@@ -250,3 +250,49 @@ def test_sigterm_cancels_the_running_migration_exit_8(django_project, sql):
     assert sql("SELECT to_regclass('shop_sleepy')") == [(None,)]
     assert '"lock.released"' in rest
     assert advisory_locks(sql) == 0
+
+
+KILLED_MID_STEP = '''
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("shop", "0003_product_sku_idx")]
+    operations = [
+        migrations.RunSQL("CREATE INDEX CONCURRENTLY shop_product_name_idx ON shop_product (name)",
+                          "DROP INDEX CONCURRENTLY shop_product_name_idx"),
+        migrations.RunSQL("SELECT pg_sleep(60)"),
+    ]
+'''
+
+
+def test_runner_killed_in_a_non_atomic_migration_recovered_from_the_ledger(django_project, sql):
+    assert django_project.run("upgrade", "--no-schema-diff").code == 0
+    path = django_project.migration("shop", "0004_name_idx", KILLED_MID_STEP)
+    proc = django_project.spawn("upgrade", "--no-schema-diff")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"migration.start"' in line and "shop.0004_name_idx" in line:
+            break
+    deadline = time.monotonic() + 20
+    while not sql("SELECT to_regclass('shop_product_name_idx')")[0][0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.kill()  # SIGKILL: no cleanup, no recovery plan; the ledger row says "running"
+    proc.wait(10)
+    # Its backend goes on (pg_sleep) until it notices; recover refuses while it runs.
+    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'safe-migrate-migration'")
+    refused = django_project.run("upgrade", "--no-schema-diff")
+    assert refused.code == 3 and "not resolved" in refused.error()
+    done = django_project.run("recover", "--execute", "--yes")
+    assert done.code == 0, done.stderr[-2000:]
+    plan = done.named("recovery.plan")[0]
+    assert plan["status"] == "partial-apply" and plan["leftovers"] == 1
+    assert sql("SELECT to_regclass('shop_product_name_idx')") == [(None,)]
+    path.write_text(KILLED_MID_STEP.replace('        migrations.RunSQL("SELECT pg_sleep(60)"),\n',
+                                            ""))
+    final = django_project.run("upgrade", "--no-schema-diff")
+    assert final.code == 0, final.stderr[-2000:]
+    assert ("shop", "0004_name_idx") in _applied(sql)
