@@ -184,6 +184,15 @@ def add_lint_argument(parser: argparse.ArgumentParser) -> None:
                              "both (env SAFE_MIGRATE_LINT_RULES)")
 
 
+def add_model_changes_argument(parser: argparse.ArgumentParser) -> None:
+    """--model-changes, for Django's upgrade and plan (`makemigrations --check`)."""
+    parser.add_argument("--model-changes", choices=["error", "warn", "off"],
+                        default=os.environ.get("SAFE_MIGRATE_MODEL_CHANGES", "warn"),
+                        help="Django: models changed without a migration: error refuses "
+                             "(exit 3), warn reports (env SAFE_MIGRATE_MODEL_CHANGES; "
+                             "default warn)")
+
+
 def check_lint_arguments(args: argparse.Namespace) -> None:
     """argparse does not check an environment variable's default: exit 2 here instead."""
     for flag, value, allowed in (("--lint", args.lint, LINT_MODES),

@@ -52,6 +52,11 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
                            "allowed": False}
     try:
         loader = dj.load_graph()
+        try:
+            doc["model_changes"] = dj.check_model_changes(loader, args.model_changes, log)
+        except PreflightError as exc:
+            doc["model_changes"] = exc.data.get("model_changes")
+            raise
         with connect(dj.sqlalchemy_url(connection), timeout=settings.connect_timeout,
                      application_name="safe-migrate-plan") as conn:
             from django.db.migrations.executor import MigrationExecutor
@@ -142,8 +147,11 @@ def _output(doc: dict[str, Any], fmt: str) -> None:
     if not pre["ok"]:
         print(f"preflight: REFUSED: {pre['error']}")
         return
-    lines = [f"preflight: ok (target: {doc['target']})",
-             f"pending: {len(doc['pending'])} migration(s)"]
+    changes = doc.get("model_changes") or {}
+    lines = [f"preflight: ok (target: {doc['target']})"]
+    lines += [f"WARNING: models of {app} changed without a migration: python manage.py "
+              f"makemigrations {app}" for app in changes]
+    lines.append(f"pending: {len(doc['pending'])} migration(s)")
     for p in doc["pending"]:
         kind = ("atomic (one transaction)" if p["transactional"] else
                 "NOT atomic: " + ", ".join(p["non_transactional_reasons"]))

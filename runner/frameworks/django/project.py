@@ -99,6 +99,39 @@ def load_graph() -> Any:
     return loader
 
 
+MODEL_CHANGE_MODES = ("error", "warn", "off")
+
+
+def model_changes(loader: Any) -> dict[str, list[str]]:
+    """`makemigrations --check`: the models' changes no migration has yet, per app (the
+    autodetector between the migrations' final state and the models; ~10 ms)."""
+    from django.apps import apps
+    from django.db.migrations.autodetector import MigrationAutodetector
+    from django.db.migrations.state import ProjectState
+
+    detector = MigrationAutodetector(loader.project_state(), ProjectState.from_apps(apps))
+    changes = detector.changes(graph=loader.graph)
+    return {app: [m.name for m in found] for app, found in sorted(changes.items())}
+
+
+def check_model_changes(loader: Any, mode: str, log: Any) -> dict[str, list[str]]:
+    """Warn (or, with `error`, refuse: exit 3) when models changed without a migration."""
+    if mode == "off":
+        return {}
+    changes = model_changes(loader)
+    if not changes:
+        return changes
+    apps = " ".join(changes)
+    log.warning("preflight.model_changes", apps=changes,
+                fix=f"python manage.py makemigrations {apps}")
+    if mode == "error":
+        raise PreflightError(
+            f"models changed without a migration in {', '.join(changes)} (makemigrations "
+            f"--check); create them first: python manage.py makemigrations {apps}",
+            model_changes=changes)
+    return changes
+
+
 def node_not_found(exc: Any) -> PreflightError:
     origin = getattr(exc, "origin", None)
     node = getattr(exc, "node", None)

@@ -72,6 +72,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                               settings.database_url)
         try:
             loader = dj.load_graph()  # from the files alone: conflicts, missing parents
+            dj.check_model_changes(loader, args.model_changes, log)
         except PreflightError as exc:
             log.error("preflight.failed", reason=exc.message)
             raise

@@ -296,3 +296,21 @@ def test_runner_killed_in_a_non_atomic_migration_recovered_from_the_ledger(djang
     final = django_project.run("upgrade", "--no-schema-diff")
     assert final.code == 0, final.stderr[-2000:]
     assert ("shop", "0004_name_idx") in _applied(sql)
+
+
+def test_model_changes_without_a_migration_warn_or_refuse(django_project, sql):
+    models = django_project.root / "shop" / "models.py"
+    models.write_text(models.read_text().replace(
+        "    name = models.CharField(max_length=200)\n",
+        "    name = models.CharField(max_length=200)\n"
+        "    weight = models.IntegerField(null=True)\n"))
+    refused = django_project.run("upgrade", "--no-schema-diff", "--model-changes", "error")
+    assert refused.code == 3
+    assert "makemigrations shop" in refused.error() and "makemigrations --check" in (
+        refused.error())
+    assert sql("SELECT to_regclass('django_migrations')") == [(None,)]  # nothing ran
+    warned = django_project.run("upgrade", "--no-schema-diff")  # default: warn
+    assert warned.code == 0, warned.stderr[-2000:]
+    [event] = warned.named("preflight.model_changes")
+    assert event["apps"] == {"shop": ["0004_product_weight"]}
+    assert event["fix"] == "python manage.py makemigrations shop"

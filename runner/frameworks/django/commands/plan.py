@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from runner.settings import Settings, add_lint_argument, check_lint_arguments
+from runner.settings import (
+    Settings,
+    add_lint_argument,
+    add_model_changes_argument,
+    check_lint_arguments,
+)
 
 COMMON_OPTIONS = ("connect_timeout", "artifacts_dir", "ledger_table", "no_ledger")
 EXAMPLE = """\
@@ -16,6 +21,7 @@ EXAMPLE = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
                         help="APP or APP:MIGRATION (default: every app's latest)")
+    add_model_changes_argument(parser)
     parser.add_argument("--format", dest="output_format", choices=["text", "json"],
                         default="text", help="output format (default text)")
     add_lint_argument(parser)

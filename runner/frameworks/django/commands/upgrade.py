@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from runner.settings import Settings
+from runner.settings import Settings, add_model_changes_argument
 
 COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
                   "lock_retries", "advisory_lock_wait", "artifacts_dir", "no_schema_diff",
@@ -19,6 +19,7 @@ EXAMPLE = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="heads",
                         help="APP or APP:MIGRATION (default: every app's latest)")
+    add_model_changes_argument(parser)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
