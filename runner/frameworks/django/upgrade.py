@@ -52,7 +52,7 @@ from runner.urls import mask, mask_text
 
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
-_READS = ("select", "show", "set ", "with ")  # statements that change nothing
+_READS = ("select", "show", "set ")  # statements taken to change nothing (WITH can write)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
