@@ -12,6 +12,7 @@ from support import json_events, spawn
     (["nosuchapp"], 3, "app 'nosuchapp' has no migrations"),
     (["shop:0099"], 3, "shop has no migration '0099'"),
     (["shop:zero"], 3, "upgrade never moves backwards"),
+    (["-x", "tenant=a"], 2, "-x: alembic's options, not used with --framework django"),
 ])
 def test_bad_input_is_one_line_and_its_exit_code(django_project, extra, code, message):
     args = django_project.args("upgrade", "--no-schema-diff", *extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runner.frameworks.django.commands import refuse_alembic_options
 from runner.settings import (
     Settings,
     add_lint_argument,
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    refuse_alembic_options(args)
     from runner.frameworks.django import inspect
 
     check_lint_arguments(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runner.frameworks.django.commands import refuse_alembic_options
 from runner.settings import Settings
 
 COMMON_OPTIONS = ("connect_timeout", "lock_timeout", "lock_retries", "advisory_lock_wait",
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    refuse_alembic_options(args)
     from runner.frameworks.django import recover
 
     return recover.run(settings, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runner.frameworks.django.commands import refuse_alembic_options
 from runner.settings import Settings
 
 COMMON_OPTIONS = ("connect_timeout", "artifacts_dir", "ledger_table", "no_ledger")
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    refuse_alembic_options(args)
     from runner.frameworks.django import inspect
 
     return inspect.status(settings, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runner.frameworks.django.commands import refuse_alembic_options
 from runner.settings import Settings, add_model_changes_argument
 
 COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    refuse_alembic_options(args)
     from runner.frameworks.django import upgrade
 
     return upgrade.run(settings, args)
