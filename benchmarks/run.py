@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import fleet, nontx, overhead, scale, stall
+from benchmarks import django, fleet, nontx, overhead, scale, stall
 from benchmarks.common import Config, Figure, Server, load_average, machine_info
 
 BENCHMARKS: dict[str, Callable[[Server, Config], list[Figure]]] = {
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[Server, Config], list[Figure]]] = {
     "stall": stall.run,
     "scale": scale.run,
     "fleet": fleet.run,
+    "django": django.run,
 }
 
 

@@ -8,11 +8,13 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.project import Project, set_url
 from runner.settings import Settings
 from runner.urls import env_py_driver
+
+if TYPE_CHECKING:  # alembic: not imported by the Django path, which uses interruptible()
+    from runner.project import Project
 
 
 @contextlib.contextmanager
@@ -77,6 +79,7 @@ def embedded_database(settings: Settings, project: Project, log: Any) -> Iterato
         yield
         return
     from runner.embedded import EmbeddedPostgres
+    from runner.project import set_url
 
     with EmbeddedPostgres() as server:
         url = server.url()

@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, framework: str = "alembic") -> argparse.ArgumentParser:
     """The CLI's parser; with `only`, that command's options alone: the others stay listed in
     --help, but their modules (and what they import) are not loaded for nothing.
 
@@ -52,7 +52,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only not in (None, name):
             sub.add_parser(name, help=help_text, description=help_text)
             continue
-        module = _module(name)
+        module = _module(name, framework)
         command_parser = sub.add_parser(
             name, help=help_text, description=help_text,
             epilog=f"example:\n{module.EXAMPLE.rstrip()}\n\n{exit_code_table()}",
@@ -69,8 +69,28 @@ def _command_of(argv: list[str]) -> str | None:
     return first if first in COMMANDS else None
 
 
-def _module(name: str) -> Any:
+#: The commands the Django adapter has (runner/frameworks/django/commands/).
+DJANGO_COMMANDS = ("upgrade", "plan", "status", "verify", "recover")
+
+
+def _module(name: str, framework: str = "alembic") -> Any:
+    """The command's module; Django's own under runner.frameworks.django, imported only for
+    --framework django, so that neither path imports the other's framework."""
+    if framework == "django":
+        if name not in DJANGO_COMMANDS:
+            raise UsageError(f"`safe-migrate {name} --framework django` is not available yet "
+                             f"(Django has: {', '.join(DJANGO_COMMANDS)})")
+        return importlib.import_module(f"runner.frameworks.django.commands.{name}")
     return importlib.import_module(f"runner.commands.{name}")
+
+
+def _peek_framework(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--framework" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--framework="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("SAFE_MIGRATE_FRAMEWORK", "alembic")
 
 
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
@@ -99,14 +119,16 @@ def _run(args_list: list[str], configure_logging: bool) -> int:
         runner_logging.configure(_peek_log_format(args_list))  # type: ignore[arg-type]
     settings: Settings | None = None
     try:
-        args, extra = build_parser(_command_of(args_list)).parse_known_args(args_list)
+        framework = _peek_framework(args_list)
+        args, extra = build_parser(_command_of(args_list),
+                                   framework).parse_known_args(args_list)
         if extra:  # argparse would blame the top-level parser: name the command's help
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
                              f"(see `safe-migrate {args.command} --help`)")
         settings = from_args(args)
         if configure_logging:
             runner_logging.configure(settings.log_format)  # type: ignore[arg-type]
-        return int(_module(settings.command).run(settings, args))
+        return int(_module(settings.command, settings.framework).run(settings, args))
     except SafeMigrateError as exc:
         return _report(exc, exc.exit_code, debug, settings, args_list)
     except KeyboardInterrupt:

@@ -52,6 +52,10 @@ class Settings:
     # sqlalchemy.url, so that migrations run on that driver as under bare alembic.
     # database_url is the same server normalized to psycopg 3, for the runner's own sessions.
     env_py_url: URL | None = None
+    # --framework django: the settings module (None: DJANGO_SETTINGS_MODULE) and the alias.
+    framework: str = "alembic"
+    django_settings: str | None = None
+    database_alias: str = "default"
 
 
 def new_run_id() -> str:
@@ -63,7 +67,8 @@ def new_run_id() -> str:
 DATABASE, SAFETY, ARTIFACTS, OUTPUT = "database", "safety/timeouts", "artifacts", "output"
 #: Options every command uses (the rest, each command names in its module's COMMON_OPTIONS).
 ALWAYS: tuple[str, ...] = ("config", "name", "x", "database_url", "log_format",
-                           "termination_log", "debug")
+                           "termination_log", "debug", "framework", "settings", "database")
+FRAMEWORKS: tuple[str, ...] = ("alembic", "django")
 
 
 class _NotFor(argparse.Action):
@@ -111,6 +116,14 @@ def add_common_options(parser: argparse.ArgumentParser, uses: Collection[str] | 
         help="alembic.ini path (env ALEMBIC_CONFIG; default ./alembic.ini)")
     add(DATABASE, "-n", "--name", env="SAFE_MIGRATE_NAME", default="alembic",
         help="section of the ini file (env SAFE_MIGRATE_NAME; default alembic)")
+    add(DATABASE, "--framework", env="SAFE_MIGRATE_FRAMEWORK", default="alembic",
+        metavar="alembic|django",
+        help="the project's migration framework (env SAFE_MIGRATE_FRAMEWORK; default alembic)")
+    add(DATABASE, "--settings", env="DJANGO_SETTINGS_MODULE", metavar="MODULE",
+        help="Django: the settings module (env DJANGO_SETTINGS_MODULE)")
+    add(DATABASE, "--database", env="SAFE_MIGRATE_DATABASE", default="default", metavar="ALIAS",
+        help="Django: the DATABASES alias to migrate (default: default); --database-url "
+             "overrides its connection")
     add(DATABASE, "-x", action="append", default=[], metavar="KEY=VALUE",
         help="passed to env.py, as alembic's -x")
     add(DATABASE, "--database-url", metavar="URL",
@@ -171,6 +184,15 @@ def add_lint_argument(parser: argparse.ArgumentParser) -> None:
                              "both (env SAFE_MIGRATE_LINT_RULES)")
 
 
+def add_model_changes_argument(parser: argparse.ArgumentParser) -> None:
+    """--model-changes, for Django's upgrade and plan (`makemigrations --check`)."""
+    parser.add_argument("--model-changes", choices=["error", "warn", "off"],
+                        default=os.environ.get("SAFE_MIGRATE_MODEL_CHANGES", "warn"),
+                        help="Django: models changed without a migration: error refuses "
+                             "(exit 3), warn reports (env SAFE_MIGRATE_MODEL_CHANGES; "
+                             "default warn)")
+
+
 def check_lint_arguments(args: argparse.Namespace) -> None:
     """argparse does not check an environment variable's default: exit 2 here instead."""
     for flag, value, allowed in (("--lint", args.lint, LINT_MODES),
@@ -219,6 +241,10 @@ def _int(value: str, flag: str) -> int:
 
 def from_args(args: argparse.Namespace) -> Settings:
     run_id = new_run_id()
+    framework = str(getattr(args, "framework", None) or "alembic")
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
+                         f"got {framework!r}")
     url_text = database_url_text(args.database_url)
     root = Path(args.artifacts_dir) if args.artifacts_dir else ARTIFACTS_ROOT
     return Settings(
@@ -245,4 +271,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         artifacts_root=root,
         ledger=not args.no_ledger,
         ledger_table=args.ledger_table,
+        framework=framework,
+        django_settings=getattr(args, "settings", None),
+        database_alias=getattr(args, "database", None) or "default",
     )

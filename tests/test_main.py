@@ -102,6 +102,8 @@ _COMMON_FLAGS = {
     "artifacts_dir": "--artifacts-dir", "no_schema_diff": "--no-schema-diff",
     "pg_dump": "--pg-dump", "log_format": "--log-format", "termination_log": "--termination-log",
     "debug": "--debug", "ledger_table": "--ledger-table", "no_ledger": "--no-ledger",
+    "framework": "--framework alembic|django", "settings": "--settings MODULE",
+    "database": "--database ALIAS",
 }
 
 

@@ -1,0 +1,64 @@
+"""What the framework-neutral core sees of a migration framework: steps, and an adapter.
+
+A step is the unit both adapters expose: the console, the ledger, retries and recovery treat
+an Alembic revision and a Django migration alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Step:
+    """One migration to apply, and what happened to it (a run.json entry)."""
+
+    id: str  # alembic: the revision; django: "app.0003_name"
+    title: str  # the revision message / the migration's name
+    previous: str | list[str] | None  # what the database is at without it (the stamp target)
+    path: str  # where its code lives
+    non_transactional_reasons: list[str] = field(default_factory=list)
+    line: int | None = None
+    attempts: int = 0
+    lock_wait_ms: int = 0
+    duration_ms: int | None = None
+    outcome: str = "pending"  # applied | failed | partial | interrupted | pending
+    error: dict[str, Any] | None = None
+    blockers: list[dict[str, Any]] = field(default_factory=list)
+    partial: bool = False
+
+    @property
+    def transactional(self) -> bool:
+        return not self.non_transactional_reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"revision": self.id, "title": self.title, "down_revision": self.previous,
+                "path": self.path, "transactional": self.transactional,
+                "non_transactional_reasons": self.non_transactional_reasons,
+                "attempts": self.attempts, "lock_wait_ms": self.lock_wait_ms,
+                "duration_ms": self.duration_ms, "outcome": self.outcome, "error": self.error,
+                "blockers": self.blockers, "committed_part": self.partial}
+
+
+class Adapter(Protocol):
+    """The few things that differ per framework (ARCHITECTURE-NEXT.md)."""
+
+    #: The table that records what is applied (alembic_version, django_migrations).
+    version_table: str
+
+    def pending(self) -> list[Step]:
+        """The steps the run would apply, in order (after the framework's preflight)."""
+        ...
+
+    def apply(self, step: Step) -> None:
+        """Apply one step on the connection the core prepared (timeouts set, lock held)."""
+        ...
+
+    def sql(self, step: Step, *, backwards: bool = False) -> str:
+        """One step's SQL, forward or back (offline rendering)."""
+        ...
+
+    def stamp_command(self, step: Step) -> str:
+        """The command that records the database as being before `step`, without running it."""
+        ...

@@ -1,0 +1,240 @@
+"""`safe-migrate recover --framework django`: the same safety rules as the Alembic path's
+(runner/commands/recover.py), in Django's terms.
+
+- the failure comes from the run ledger (any machine), else from this database's artifacts;
+- under the advisory lock, before any change, everything is read again: the failure still
+  unresolved, the failed migration still unrecorded in django_migrations, each leftover with
+  its recorded definition; anything else: exit 3, nothing changed;
+- every DROP runs with lock_timeout and upgrade's retries.
+Django records a migration only once it succeeded, so a failed one needs no `--fake`
+unapply: the rollback SQL of its leftovers is the whole recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any
+
+import psycopg
+
+from runner.db import catalog, objects
+from runner.db.connect import connect
+from runner.db.lock import AdvisoryLock, lock_key
+from runner.durations import to_postgres_ms
+from runner.errors import LockBusyError, PreflightError, UsageError
+from runner.frameworks.django import project as dj
+from runner.frameworks.django import recovery
+from runner.logging import get_logger
+from runner.recovery import leftovers
+from runner.recovery import plan as core_plan
+from runner.recovery.runs import PastRun, RunHistory, still_open
+from runner.settings import Settings
+
+LOCK_RACE = frozenset({"55P03", "40P01"})
+
+
+class DjangoRecovery:
+    def __init__(self, settings: Settings, connection: Any, conn: psycopg.Connection[Any],
+                 log: Any) -> None:
+        self.settings = settings
+        self.connection = connection
+        self.conn = conn
+        self.log = log
+        row = conn.execute("SELECT current_schema()").fetchone()
+        self.schema = str(row[0] if row else "public")
+        self.history = RunHistory.open(
+            conn, version_schema=self.schema, version_table=dj.VERSION_TABLE,
+            ledger_table=settings.ledger_table, use_ledger=settings.ledger,
+            artifacts_root=settings.artifacts_root)
+
+    def applied(self) -> set[tuple[str, str]]:
+        exists = self.conn.execute("SELECT to_regclass(%s)",
+                                   (f'"{self.schema}".{dj.VERSION_TABLE}',)).fetchone()
+        if not exists or exists[0] is None:
+            return set()
+        rows = self.conn.execute(
+            f'SELECT app, name FROM "{self.schema}".{dj.VERSION_TABLE}').fetchall()
+        return {(str(a), str(n)) for a, n in rows}
+
+    def is_applied(self, step_id: str) -> bool:
+        app, _, name = step_id.partition(".")
+        return (app, name) in self.applied()
+
+    def unresolved(self) -> PastRun | None:
+        runs = still_open(self.history.unresolved(), self.is_applied)
+        return runs[0] if runs else None
+
+    def last_clean_failure(self) -> PastRun | None:
+        runs = self.history.runs()
+        latest = runs[0] if runs else None
+        return latest if latest is not None and latest.outcome == "migration-failed" else None
+
+    def failure_of(self, run: PastRun) -> core_plan.Failure:
+        """The recorded failure; for a run that died mid-step, what is new since its
+        pre-step record, attributed to the migration's code."""
+        if run.recorded_failure is not None:
+            return run.recorded_failure
+        running = run.running
+        path = running.get("path")
+        failure = core_plan.Failure(
+            run_id=run.run_id, status=core_plan.PARTIAL_APPLY,
+            failed_revision=running.get("revision"), down_revision=running.get("down_revision"),
+            path=path, heads=dj.Applied(self.applied()).heads(),
+            error=f"the run died during non-atomic migration {running.get('revision')}")
+        before = run.pre_step
+        if before is None:
+            failure.leftovers_known = False
+            return failure
+        pid = running.get("pid")
+        if pid is not None and self.conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND application_name = "
+                "'safe-migrate-migration'", (pid,)).fetchone():
+            raise LockBusyError(f"the failed run's migration session (pid {pid}) is still "
+                                "running: wait for it to end, or pg_terminate_backend it")
+        source = open(path, encoding="utf-8").read() if path else ""  # noqa: SIM115
+        failure.leftovers, failure.unattributed = leftovers.record(self.conn, before, source)
+        return failure
+
+    def plan(self, failure: core_plan.Failure, run: PastRun) -> core_plan.RecoveryPlan:
+        backwards = None
+        if failure.failed_revision and failure.status == core_plan.PARTIAL_APPLY:
+            try:
+                from django.db.migrations.loader import MigrationLoader
+
+                backwards = recovery.sqlmigrate(MigrationLoader(None), self.connection,
+                                                failure.failed_revision, backwards=True)
+            except Exception:  # noqa: BLE001 - a template only (the file may be gone)
+                backwards = None
+        rollback = (run.directory / "rollback.sql").resolve() if run.directory else None
+        return recovery.build_plan(failure, current=dj.Applied(self.applied()).heads(),
+                                   options=options(self.settings),
+                                   rollback_file=str(rollback or "rollback.sql"),
+                                   backwards_sql=backwards)
+
+    def lock(self) -> AdvisoryLock:
+        conn = connect(dj.sqlalchemy_url(self.connection), timeout=self.settings.connect_timeout,
+                       application_name=f"safe-migrate-lock {self.settings.run_id}")
+        key = lock_key(catalog.current_database(conn), self.schema, dj.VERSION_TABLE)
+        lock = AdvisoryLock(conn, key, log=self.log, interrupted=threading.Event())
+        try:
+            lock.acquire(self.settings.advisory_lock_wait)
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    def carry_out(self, run: PastRun, failure: core_plan.Failure) -> None:
+        """Under the lock: re-read everything, then drop the unchanged recorded leftovers."""
+        if not self.history.still_unresolved(run):
+            raise PreflightError(f"run {run.run_id} was resolved meanwhile: nothing was changed")
+        if failure.failed_revision and self.is_applied(failure.failed_revision):
+            raise PreflightError(
+                f"{failure.failed_revision} is recorded as applied since the failure (another "
+                "run, or --fake by hand): nothing was changed; check it, then `safe-migrate "
+                f"recover {options(self.settings)} --mark-resolved`")
+        if not failure.leftovers_known:
+            raise PreflightError("the leftovers of this failure are unknown, so recover drops "
+                                 "nothing: inspect by hand, then --mark-resolved")
+        live = objects.definitions(self.conn, failure.leftovers)
+        changed = [o for o in failure.leftovers
+                   if o.key in live and o.definition and live[o.key] != o.definition]
+        if changed:
+            raise PreflightError("changed since the failure: " + ", ".join(
+                o.describe() for o in changed) + "; nothing was changed: decide by hand, then "
+                "--mark-resolved")
+        drops = [o for o in failure.leftovers if o.key in live or o.kind == "enum_value"]
+        self.conn.execute(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
+        for obj in drops:
+            statement = obj.drop_sql()
+            if not statement.lstrip().startswith("--"):
+                self._with_retries(statement)
+                self.log.info("recovery.statement", sql=statement)
+        skipped = [o.describe() for o in failure.unattributed]
+        self.history.resolve(run, "recovered", f"left alone (not the failed run's): "
+                             f"{', '.join(skipped)}" if skipped else None)
+        self.log.info("recovery.done", status=failure.status, run=run.run_id,
+                      dropped=len(drops))
+
+    def _with_retries(self, statement: str) -> None:
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+        from tenacity import wait_exponential_jitter as jitter
+
+        for attempt in Retrying(
+                retry=retry_if_exception(lambda e: getattr(e, "sqlstate", None) in LOCK_RACE),
+                stop=stop_after_attempt(self.settings.lock_retries + 1),
+                wait=jitter(multiplier=0.5, max=10.0, jitter=0.5), reraise=True):
+            with attempt:
+                self.conn.execute(statement.encode())
+
+
+def options(settings: Settings) -> str:
+    parts = ["--framework django"]
+    if settings.django_settings:
+        parts.append(f"--settings {settings.django_settings}")
+    if settings.database_alias != "default":
+        parts.append(f"--database {settings.database_alias}")
+    return " ".join(parts)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    log = get_logger().bind(run_id=settings.run_id)
+    connection = dj.setup(settings.django_settings, settings.database_alias,
+                          settings.database_url)
+    with connect(dj.sqlalchemy_url(connection), timeout=settings.connect_timeout,
+                 application_name="safe-migrate-recover") as conn:
+        job = DjangoRecovery(settings, connection, conn, log)
+        if args.mark_resolved:
+            return _mark_resolved(job, args.note, log)
+        past = job.unresolved() or job.last_clean_failure()
+        if past is None:
+            print(f"nothing to recover: no unresolved failure recorded ({job.history.origin})")
+            log.info("recovery.nothing", source=job.history.origin)
+            return 0
+        failure = job.failure_of(past)
+        plan = job.plan(failure, past)
+        print(core_plan.render_markdown(plan) if args.format == "text"
+              else json.dumps(plan.to_dict(), indent=2))
+        log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
+                 leftovers=len(plan.leftover_objects), commands=plan.commands,
+                 run=past.run_id, source=job.history.origin)
+        if not args.execute:
+            return 0
+        _confirm(args.yes)
+        if failure.status == core_plan.CLEAN_ROLLBACK:
+            print("nothing to carry out: the failed migration was rolled back entirely")
+            return 0
+        lock = job.lock()
+        try:
+            job.carry_out(past, job.failure_of(past))
+        finally:
+            lock.close()
+    return 0
+
+
+def _mark_resolved(job: DjangoRecovery, note: str | None, log: Any) -> int:
+    past = job.unresolved()
+    if past is None:
+        print(f"nothing to mark: no unresolved failure recorded ({job.history.origin})")
+        return 0
+    lock = job.lock()
+    try:
+        if not job.history.still_unresolved(past):
+            raise PreflightError(f"run {past.run_id} was resolved meanwhile")
+        job.history.resolve(past, "marked-resolved", note)
+    finally:
+        lock.close()
+    print(f"run {past.run_id} ({past.outcome}) marked resolved")
+    log.info("recovery.marked_resolved", run=past.run_id, note=note)
+    return 0
+
+
+def _confirm(yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("recover --execute needs --yes when not run interactively")
+    if input("Carry out this plan? Type 'yes' to continue: ").strip().lower() != "yes":
+        raise UsageError("recovery not confirmed; nothing was changed")
