@@ -47,7 +47,7 @@ from benchmarks.common import (
     version_of,
     warm_up,
 )
-from runner.planning.history import load_history
+from runner.frameworks.alembic.planning.history import load_history
 from runner.schema import snapshot
 from runner.urls import libpq_params
 

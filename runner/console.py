@@ -26,7 +26,8 @@ from structlog.typing import EventDict, WrappedLogger
 
 from runner.urls import mask_text
 
-#: SQLSTATEs of a lost lock race: upgrade retries the migration (runner.db.migrate.LOCK_RACE).
+#: SQLSTATEs of a lost lock race: upgrade retries the migration
+#: (runner.frameworks.alembic.migrate.LOCK_RACE).
 _LOCK_RACE = ("55P03", "40P01")
 #: Fields every event carries, or that the console shows elsewhere: never repeated per line.
 _NOISE = ("event", "level", "timestamp", "run_id", "logger")
@@ -89,7 +90,7 @@ def _shown_path(path: str) -> str:
 
 def _where_and_why(event: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Under a failure's line: the migration's file:line that raised, PostgreSQL's DETAIL and
-    HINT (runner.db.migrate.error_info)."""
+    HINT (runner.frameworks.alembic.migrate.error_info)."""
     parts: list[tuple[str, str]] = []
     if event.get("file"):
         line = f":{event['line']}" if event.get("line") else ""

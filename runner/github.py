@@ -77,7 +77,8 @@ def upgrade_line(path: str | None) -> int | None:
 
 def _location(migration: Mapping[str, Any]) -> tuple[str | None, int | None]:
     """Where the failure belongs: the file and line that raised (run.json's `error.file` /
-    `error.line`, runner.db.migrate.error_info), else the revision's `def upgrade(`."""
+    `error.line`, runner.frameworks.alembic.migrate.error_info), else the revision's
+    `def upgrade(`."""
     error = migration.get("error") or {}
     error = error if isinstance(error, dict) else {}
     line = error.get("line") if isinstance(error.get("line"), int) else migration.get("line")

@@ -14,7 +14,7 @@ from runner.settings import Settings
 from runner.urls import env_py_driver
 
 if TYPE_CHECKING:  # alembic: not imported by the Django path, which uses interruptible()
-    from runner.project import Project
+    from runner.frameworks.alembic.project import Project
 
 
 @contextlib.contextmanager
@@ -79,7 +79,7 @@ def embedded_database(settings: Settings, project: Project, log: Any) -> Iterato
         yield
         return
     from runner.embedded import EmbeddedPostgres
-    from runner.project import set_url
+    from runner.frameworks.alembic.project import set_url
 
     with EmbeddedPostgres() as server:
         url = server.url()

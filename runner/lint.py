@@ -37,9 +37,9 @@ from alembic.script import Script
 
 from runner.db.connect import first_line
 from runner.errors import LintUnavailableError, PreflightError
-from runner.planning.history import History, revision_source
-from runner.planning.offline import RUNNING, offline_sql, split_by_revision
-from runner.project import Project
+from runner.frameworks.alembic.planning.history import History, revision_source
+from runner.frameworks.alembic.planning.offline import RUNNING, offline_sql, split_by_revision
+from runner.frameworks.alembic.project import Project
 from runner.urls import mask_text
 
 LintMode = Literal["error", "warn", "off"]

@@ -81,7 +81,7 @@ def _module(name: str, framework: str = "alembic") -> Any:
             raise UsageError(f"`safe-migrate {name} --framework django` is not available yet "
                              f"(Django has: {', '.join(DJANGO_COMMANDS)})")
         return importlib.import_module(f"runner.frameworks.django.commands.{name}")
-    return importlib.import_module(f"runner.commands.{name}")
+    return importlib.import_module(f"runner.frameworks.alembic.commands.{name}")
 
 
 def _peek_framework(argv: list[str]) -> str:

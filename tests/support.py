@@ -19,8 +19,8 @@ import alembic
 import psycopg
 from sqlalchemy.engine import URL
 
-from runner import project as runner_project
 from runner.embedded import EmbeddedPostgres
+from runner.frameworks.alembic import project as runner_project
 from runner.urls import env_py_driver
 
 REPO = Path(__file__).resolve().parent.parent

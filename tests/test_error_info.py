@@ -1,5 +1,5 @@
-"""runner.db.migrate.error_info: where a migration raised, and PostgreSQL's DETAIL and HINT,
-from the exception alone (no database)."""
+"""runner.frameworks.alembic.migrate.error_info: where a migration raised, and PostgreSQL's
+DETAIL and HINT, from the exception alone (no database)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy.exc
 
-from runner.db.migrate import error_info
+from runner.frameworks.alembic.migrate import error_info
 
 
 def _raise_from(path: Path, source: str, exc: BaseException, **names: object) -> BaseException:

@@ -21,7 +21,7 @@ from support import (
 
 from runner import lint
 from runner.errors import LintUnavailableError, UsageError
-from runner.planning.history import load_history
+from runner.frameworks.alembic.planning.history import load_history
 
 REQUIRED = '''
 def upgrade():

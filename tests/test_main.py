@@ -19,7 +19,8 @@ _LOADED = """
 import sys
 from runner.main import build_parser, _command_of
 build_parser(_command_of(sys.argv[1:])).parse_args(sys.argv[1:])
-print(",".join(sorted(m.split(".")[-1] for m in sys.modules if m.startswith("runner.commands."))))
+PREFIX = "runner.frameworks.alembic.commands."
+print(",".join(sorted(m.split(".")[-1] for m in sys.modules if m.startswith(PREFIX))))
 """
 
 
@@ -109,7 +110,7 @@ _COMMON_FLAGS = {
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_each_command_s_help_lists_only_the_options_it_reads(command):
-    module = importlib.import_module(f"runner.commands.{command}")
+    module = importlib.import_module(f"runner.frameworks.alembic.commands.{command}")
     assert _shown_options(command) == set(ALWAYS) | set(module.COMMON_OPTIONS)
 
 

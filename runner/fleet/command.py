@@ -69,8 +69,8 @@ def select(settings: Settings, args: argparse.Namespace) -> tuple[list[Target], 
 
 def upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from runner.fleet.run import Fleet, run_target
-    from runner.planning.history import check_target, load_history
-    from runner.project import load_project
+    from runner.frameworks.alembic.planning.history import check_target, load_history
+    from runner.frameworks.alembic.project import load_project
 
     log = get_logger().bind(run_id=settings.run_id)
     if settings.embedded:

@@ -17,14 +17,14 @@ from runner.fleet import report
 from runner.fleet.command import select
 from runner.fleet.run import for_target, point_project
 from runner.fleet.targets import resolve_all
+from runner.frameworks.alembic.project import load_project
 from runner.logging import get_logger, mask_value
-from runner.project import load_project
 from runner.settings import Settings
 from runner.urls import mask_text
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from runner.commands import plan as single
+    from runner.frameworks.alembic.commands import plan as single
 
     if settings.embedded or args.from_rev is not None:
         raise UsageError("plan --targets reads each target's database: drop --embedded / --from")

@@ -24,14 +24,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from runner.artifacts import Artifacts
-from runner.db.migrate import Migrator
-from runner.db.probe import check_database, where_env_py_connects
 from runner.errors import ExitCode, SafeMigrateError
 from runner.fleet.pool import BY_INTERRUPT, NOT_STARTED, Result
 from runner.fleet.targets import Resolved
+from runner.frameworks.alembic.migrate import Migrator
+from runner.frameworks.alembic.planning.history import History
+from runner.frameworks.alembic.probe import check_database, where_env_py_connects
+from runner.frameworks.alembic.project import Project, set_url
 from runner.logging import get_logger
-from runner.planning.history import History
-from runner.project import Project, set_url
 from runner.settings import Settings
 from runner.urls import mask, mask_text
 
@@ -102,7 +102,7 @@ def run_target(fleet: Fleet, index: int, interrupted: threading.Event) -> Result
 
 def _upgrade(fleet: Fleet, settings: Settings, log: Any,
              interrupted: threading.Event) -> dict[str, Any]:
-    from runner.commands.upgrade import UpgradeJob, _survey
+    from runner.frameworks.alembic.commands.upgrade import UpgradeJob, _survey
 
     heads: tuple[str, ...] | None = None
     if not fleet.probed:
@@ -197,6 +197,6 @@ def _version_heads(connection: Connection, schema: str,
 
 
 def _outcome(code: ExitCode) -> str:
-    from runner.commands.upgrade import _outcome as outcome
+    from runner.frameworks.alembic.commands.upgrade import _outcome as outcome
 
     return outcome(code)

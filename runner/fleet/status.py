@@ -17,8 +17,8 @@ from runner.errors import SafeMigrateError, UsageError
 from runner.fleet.command import select
 from runner.fleet.run import for_target, point_project
 from runner.fleet.targets import Resolved, resolve_all
+from runner.frameworks.alembic.project import Project, load_project
 from runner.logging import get_logger
-from runner.project import Project, load_project
 from runner.settings import Settings
 from runner.urls import mask_text
 
@@ -38,7 +38,7 @@ def state_of(report: dict[str, Any]) -> str:
 
 def read_target(settings: Settings, project: Project, target: Resolved,
                 ini_url: str | None) -> dict[str, Any]:
-    from runner.commands.status import _collect
+    from runner.frameworks.alembic.commands.status import _collect
 
     one = for_target(settings, target)
     point_project(project, one, ini_url)

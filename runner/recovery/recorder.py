@@ -87,7 +87,9 @@ class Recorder:
         if before is None or self.conn is None:
             failure.leftovers_known = False
             return failure
-        from runner.planning.history import read_source  # alembic: only once a step failed
+        from runner.frameworks.alembic.planning.history import (
+            read_source,  # alembic: only once a step failed
+        )
 
         try:
             failure.leftovers, failure.unattributed = leftovers.record(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support import load_alembic_project
 
-from runner.db.probe import probe
 from runner.errors import UsageError
+from runner.frameworks.alembic.probe import probe
 
 
 def _project(make_project, db):

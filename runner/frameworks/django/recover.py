@@ -1,5 +1,5 @@
 """`safe-migrate recover --framework django`: the same safety rules as the Alembic path's
-(runner/commands/recover.py), in Django's terms.
+(runner/frameworks/alembic/commands/recover.py), in Django's terms.
 
 - the failure comes from the run ledger (any machine), else from this database's artifacts;
 - under the advisory lock, before any change, everything is read again: the failure still

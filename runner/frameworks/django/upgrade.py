@@ -292,7 +292,7 @@ class DjangoUpgrade:
             raise InterruptedRunError("interrupted while waiting to retry")
 
     def _lost_lock_race(self, step: Step, exc: BaseException) -> bool:
-        from runner.db.migrate import sqlstate_of
+        from runner.frameworks.alembic.migrate import sqlstate_of
 
         return (step.transactional and step.outcome == "failed" and not step.partial
                 and not self.interrupted.is_set() and sqlstate_of(exc) in LOCK_RACE)
@@ -321,7 +321,7 @@ class DjangoUpgrade:
                 state.apps  # noqa: B018 - render the models once, as Django's executor does
             state = self.executor.apply_migration(state, migration)
         except BaseException as exc:
-            from runner.db.migrate import error_info
+            from runner.frameworks.alembic.migrate import error_info
 
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
@@ -433,7 +433,7 @@ class DjangoUpgrade:
                     f"database error outside any migration: {first_line(mask_text(str(exc)))}")
             return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                     f"{first_line(mask_text(str(exc)))}")
-        from runner.db.migrate import error_info
+        from runner.frameworks.alembic.migrate import error_info
 
         info = step.error or error_info(exc, step.path)
         where = f"migration {step.id} ({info['file']}:{info['line']})" if info.get(
@@ -644,5 +644,5 @@ _OUTCOMES = {ExitCode.OK: "success", ExitCode.USAGE: "usage-error",
 
 
 def _outcome(code: ExitCode) -> str:
-    """The same outcome names as the Alembic path's (runner.commands.upgrade)."""
+    """The same outcome names as the Alembic path's (runner.frameworks.alembic.commands.upgrade)."""
     return _OUTCOMES.get(code, "internal-error")

@@ -4,7 +4,8 @@ Every migration in Django's full plan order: migrate forward to it, back to the 
 in its app (`migrate APP PREV`), forward again, each through Django's own executor. The first
 irreversible or failing migration is named; a failed forward step stops the walk (later
 migrations build on it), a failed backward step is reported and the walk goes on.
-The scratch database is the Alembic path's (runner.commands.verify.scratch_database).
+The scratch database is the Alembic path's
+(runner.frameworks.alembic.commands.verify.scratch_database).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runner.commands.verify import Failure, describe_error, scratch_database
 from runner.errors import PreflightError
+from runner.frameworks.alembic.commands.verify import Failure, describe_error, scratch_database
 from runner.frameworks.django import project as dj
 from runner.logging import get_logger
 from runner.settings import Settings

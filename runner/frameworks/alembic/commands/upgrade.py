@@ -25,9 +25,7 @@ from runner.artifacts import Artifacts, Journal, pre_step_file, write_terminatio
 from runner.db import catalog
 from runner.db.connect import connect, first_line
 from runner.db.ledger import parse_table
-from runner.db.migrate import Database, MigrationRecord, Migrator
 from runner.db.objects import Recorded
-from runner.db.probe import probe
 from runner.errors import (
     DatabaseUnreachableError,
     ExitCode,
@@ -37,9 +35,8 @@ from runner.errors import (
     SafeMigrateError,
     UsageError,
 )
-from runner.lifecycle import embedded_database, interruptible
-from runner.logging import get_logger
-from runner.planning.history import (
+from runner.frameworks.alembic.migrate import Database, MigrationRecord, Migrator
+from runner.frameworks.alembic.planning.history import (
     History,
     applied,
     check_target,
@@ -47,8 +44,11 @@ from runner.planning.history import (
     pending,
     read_source,
 )
-from runner.planning.offline import downgrade_template
-from runner.project import Project, load_project
+from runner.frameworks.alembic.planning.offline import downgrade_template
+from runner.frameworks.alembic.probe import probe
+from runner.frameworks.alembic.project import Project, load_project
+from runner.lifecycle import embedded_database, interruptible
+from runner.logging import get_logger
 from runner.recovery.plan import (
     CLEAN_ROLLBACK,
     PARTIAL_APPLY,

@@ -29,11 +29,11 @@ from sqlalchemy.engine import URL
 
 from runner.db import catalog
 from runner.db.connect import connect, first_line
-from runner.db.probe import probe
 from runner.errors import PreflightError, UsageError
+from runner.frameworks.alembic.planning.history import History, load_history
+from runner.frameworks.alembic.probe import probe
+from runner.frameworks.alembic.project import Project, load_project, set_url
 from runner.logging import get_logger
-from runner.planning.history import History, load_history
-from runner.project import Project, load_project, set_url
 from runner.schema import snapshot
 from runner.settings import Settings
 from runner.urls import env_py_driver, mask, mask_text, same_database

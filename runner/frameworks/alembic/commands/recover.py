@@ -25,14 +25,14 @@ from alembic import command
 from runner.db import catalog, objects
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock
-from runner.db.migrate import LOCK_RACE
-from runner.db.probe import ProbeResult, probe
 from runner.durations import to_postgres_ms
 from runner.errors import LockBusyError, PreflightError, UsageError
+from runner.frameworks.alembic.migrate import LOCK_RACE
+from runner.frameworks.alembic.planning.history import applied, read_source
+from runner.frameworks.alembic.planning.offline import downgrade_template
+from runner.frameworks.alembic.probe import ProbeResult, probe
+from runner.frameworks.alembic.project import Project, load_project
 from runner.logging import get_logger
-from runner.planning.history import applied, read_source
-from runner.planning.offline import downgrade_template
-from runner.project import Project, load_project
 from runner.recovery import leftovers
 from runner.recovery import plan as recovery
 from runner.recovery.runs import PastRun, RunHistory, still_open

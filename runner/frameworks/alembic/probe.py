@@ -17,8 +17,8 @@ from sqlalchemy.engine import URL, Connection
 
 from runner.db.connect import env_py_failure
 from runner.errors import UsageError
+from runner.frameworks.alembic.project import Project, fresh_attributes
 from runner.logging import quiet_alembic
-from runner.project import Project, fresh_attributes
 from runner.urls import mask, parse_url, same_database
 
 

@@ -19,11 +19,8 @@ from sqlalchemy.engine import Connection
 
 from runner import lint
 from runner.db.connect import connect, first_line
-from runner.db.probe import ProbeResult, probe
 from runner.errors import LintUnavailableError, PreflightError, SafeMigrateError, UsageError
-from runner.lifecycle import embedded_database
-from runner.logging import get_logger, mask_value
-from runner.planning.history import (
+from runner.frameworks.alembic.planning.history import (
     History,
     applied,
     check_database_revisions,
@@ -33,9 +30,12 @@ from runner.planning.history import (
     pending,
     revision_source,
 )
-from runner.planning.offline import offline_sql
-from runner.planning.transactional import non_transactional_reasons
-from runner.project import Project, load_project
+from runner.frameworks.alembic.planning.offline import offline_sql
+from runner.frameworks.alembic.planning.transactional import non_transactional_reasons
+from runner.frameworks.alembic.probe import ProbeResult, probe
+from runner.frameworks.alembic.project import Project, load_project
+from runner.lifecycle import embedded_database
+from runner.logging import get_logger, mask_value
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.urls import mask, mask_text

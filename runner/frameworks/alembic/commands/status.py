@@ -13,12 +13,12 @@ from sqlalchemy.engine import Connection
 from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import version_table_key
-from runner.db.probe import ProbeResult, probe
+from runner.frameworks.alembic.planning.history import applied, load_history, unknown_revisions
+from runner.frameworks.alembic.planning.history import pending as _pending
+from runner.frameworks.alembic.probe import ProbeResult, probe
+from runner.frameworks.alembic.project import Project, load_project
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
-from runner.planning.history import applied, load_history, unknown_revisions
-from runner.planning.history import pending as _pending
-from runner.project import Project, load_project
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
 from runner.urls import mask

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from support import load_alembic_project as _project
 
-from runner.planning.offline import downgrade_template, offline_sql, split_by_revision
+from runner.frameworks.alembic.planning.offline import (
+    downgrade_template,
+    offline_sql,
+    split_by_revision,
+)
 
 
 def test_downgrade_template_is_the_revisions_own_offline_sql(make_project):

@@ -49,12 +49,6 @@ from runner.db.connect import (
 )
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor, sample_interval
-from runner.db.probe import (
-    ProbeResult,
-    check_database,
-    check_one_target,
-    where_env_py_connects,
-)
 from runner.db.xact import begin_step, run_each
 from runner.durations import to_postgres_ms
 from runner.errors import (
@@ -64,15 +58,21 @@ from runner.errors import (
     PartialApplyError,
     SafeMigrateError,
 )
-from runner.logging import quiet_alembic
-from runner.planning.history import (
+from runner.frameworks.alembic.planning.history import (
     History,
     check_database_revisions,
     check_not_behind,
     revision_source,
 )
-from runner.planning.transactional import non_transactional_reasons
-from runner.project import Project, fresh_attributes
+from runner.frameworks.alembic.planning.transactional import non_transactional_reasons
+from runner.frameworks.alembic.probe import (
+    ProbeResult,
+    check_database,
+    check_one_target,
+    where_env_py_connects,
+)
+from runner.frameworks.alembic.project import Project, fresh_attributes
+from runner.logging import quiet_alembic
 from runner.settings import Settings
 from runner.urls import SQLALCHEMY_2, mask, mask_text
 

@@ -11,8 +11,8 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 
+from runner.frameworks.alembic.project import Project
 from runner.logging import get_logger, quiet_alembic
-from runner.project import Project
 
 # One header per revision; a merge's reads "-- Running upgrade a, b -> m".
 RUNNING = re.compile(r"^-- Running (?:upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.planning.transactional import non_transactional_reasons
+from runner.frameworks.alembic.planning.transactional import non_transactional_reasons
 
 
 @pytest.mark.parametrize(("source", "reason"), [
