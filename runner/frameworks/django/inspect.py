@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -19,6 +19,9 @@ from runner.logging import get_logger, mask_value
 from runner.recovery.runs import RunHistory, refusal, still_open
 from runner.settings import Settings
 from runner.urls import mask
+
+if TYPE_CHECKING:  # runner.lint loads alembic (and SQLAlchemy): only when linting
+    from runner.lint import Finding
 
 
 @dataclass
@@ -76,7 +79,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
         doc["preflight"] = {"ok": True, "error": None}
         log.info("preflight.ok", current=doc["current"], pending=len(migrations),
                  target=settings.target)
-        pending = [_describe(executor.loader, m) for m in migrations]
+        pending = [describe(executor.loader, m) for m in migrations]
         if args.lint != "off":
             _lint(pending, args, doc, log)
     except PreflightError as exc:
@@ -102,7 +105,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(loader: Any, migration: Any) -> dict[str, Any]:
+def describe(loader: Any, migration: Any) -> dict[str, Any]:
     step = dj.step_of(migration, loader)
     sql: str | None
     try:
@@ -116,19 +119,28 @@ def _describe(loader: Any, migration: Any) -> dict[str, Any]:
             "sql_error": error, "findings": [], "_findings": []}
 
 
-def _lint(pending: list[dict[str, Any]], args: argparse.Namespace, doc: dict[str, Any],
-          log: Any) -> None:
+def lint_findings(pending: list[dict[str, Any]], mode: str, rules: str,
+                  log: Any) -> tuple[list[Finding], str | None]:
+    """squawk over each pending migration's SQL (as sqlmigrate prints it), for plan and
+    upgrade. Returns (findings, why squawk was unavailable); unavailable raises with error."""
     from runner import lint
 
     items = [(cast(Any, _Script(p["revision"], p["path"])), p["sql"]) for p in pending
              if p["sql"]]
     try:
-        findings = lint.lint_sql(items, rules=lint.rule_set(args.lint_rules))
+        return lint.lint_sql(items, rules=lint.rule_set(rules)), None
     except LintUnavailableError as exc:
-        if args.lint == "error":
+        if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
-        doc["lint"]["unavailable"] = exc.message
+        return [], exc.message
+
+
+def _lint(pending: list[dict[str, Any]], args: argparse.Namespace, doc: dict[str, Any],
+          log: Any) -> None:
+    findings, unavailable = lint_findings(pending, args.lint, args.lint_rules, log)
+    if unavailable is not None:
+        doc["lint"]["unavailable"] = unavailable
         return
     for p in pending:
         mine = [f for f in findings if f.revision == p["revision"]]

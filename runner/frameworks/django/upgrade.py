@@ -73,11 +73,42 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         try:
             loader = dj.load_graph()  # from the files alone: conflicts, missing parents
             dj.check_model_changes(loader, args.model_changes, log)
+            lint_pending(connection, settings, args, log)
         except PreflightError as exc:
             log.error("preflight.failed", reason=exc.message)
             raise
         job = DjangoUpgrade(settings, connection, loader, artifacts, log, finding, interrupted)
         return job.execute()
+
+
+def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
+                 log: Any) -> None:
+    """--lint: squawk over each pending migration's SQL, as on the Alembic path: before the
+    lock and before anything runs; --lint error refuses on any finding (exit 3)."""
+    if args.lint == "off":
+        return
+    from django.db import DatabaseError
+    from django.db.migrations.exceptions import NodeNotFoundError
+    from django.db.migrations.executor import MigrationExecutor
+
+    from runner import github, lint
+    from runner.frameworks.django.inspect import describe, lint_findings
+
+    started = time.monotonic()
+    try:
+        executor = MigrationExecutor(connection)  # reads django_migrations
+        migrations = dj.plan(executor, dj.targets(executor.loader, settings.target),
+                             settings.target)
+    except (SafeMigrateError, DatabaseError, NodeNotFoundError):
+        return  # the run's own preflight (or connect) refuses it, with its exit code
+    if not migrations:
+        return
+    pending = [describe(executor.loader, m) for m in migrations]
+    findings, _ = lint_findings(pending, args.lint, args.lint_rules, log)
+    log.info("lint.done", revisions=len(pending), findings=len(findings),
+             duration_ms=round((time.monotonic() - started) * 1000))
+    github.report_lint([f.to_dict() for f in findings], args.lint)
+    lint.enforce(findings, args.lint, log)  # logs lint.finding; error: PreflightError
 
 
 @contextlib.contextmanager
