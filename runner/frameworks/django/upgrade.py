@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import platform
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,19 @@ from runner.urls import mask, mask_text
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
 _READS = ("select", "show", "set ")  # statements taken to change nothing (WITH can write)
+# A statement that ends the transaction it runs in (not ROLLBACK TO SAVEPOINT): the Alembic
+# path's pattern (runner/db/migrate.py), not imported from there (it loads alembic).
+_ENDS_TRANSACTION = re.compile(
+    r"(?:^|;)\s*(?:COMMIT|END|ABORT|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))"
+    r"(?:\s+(?:WORK|TRANSACTION))?\s*(?:;|$)", re.I)
+_IDLE = 0  # libpq's PQTRANS_IDLE (psycopg 3 and psycopg2 alike): no transaction open
+
+
+def _transaction_ended(connection: Any) -> bool:
+    """Inside Django's atomic block, the session is out of any transaction: a statement
+    ended it."""
+    info = getattr(connection.connection, "info", None)
+    return getattr(info, "transaction_status", None) == _IDLE
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -157,6 +171,9 @@ class DjangoUpgrade:
         self.heads_before: list[str] = []
         self.executor: Any = None
         self.writes = 0  # statements of the running step that changed something
+        # The running atomic migration sent its own COMMIT/ROLLBACK (RunSQL("COMMIT")): what
+        # it did is no longer one unit, whatever Django's atomic block does after it.
+        self.broke_transaction = False
         # Session-level SETs outlive each migration's transaction: sent once at connect,
         # again only after a migration that touched a timeout (a round trip saved per step).
         self.timeouts_changed = False
@@ -342,6 +359,7 @@ class DjangoUpgrade:
                 cursor.execute(self.timeouts)
             self.timeouts_changed = False
         self.writes = 0
+        self.broke_transaction = False
         started = time.monotonic()
         self.log.info("migration.start", revision=step.id, down_revision=step.previous,
                       attempt=step.attempts, transactional=step.transactional)
@@ -357,7 +375,8 @@ class DjangoUpgrade:
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
             self._end_broken_atomic()
-            step.partial = not step.transactional and self._left_something(step)
+            step.partial = (self.broke_transaction if step.transactional
+                            else self._left_something(step))
             self._unwatch(step)
             step.duration_ms = _ms_since(started)
             self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
@@ -367,9 +386,25 @@ class DjangoUpgrade:
         self._unwatch(step)
         step.outcome = "applied"
         step.duration_ms = _ms_since(started)
+        if step.transactional and self.broke_transaction:
+            self._broken_atomic(step)
         self.log.info("migration.done", revision=step.id, duration_ms=step.duration_ms,
                       attempts=step.attempts, lock_wait_ms=step.lock_wait_ms)
         return state
+
+    def _broken_atomic(self, step: Step) -> None:
+        """An atomic migration ran its own COMMIT/ROLLBACK and then succeeded: Django
+        recorded it, but part of it may have been undone or committed on its own (exit 6)."""
+        step.outcome = "partial"
+        step.partial = True
+        self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
+                       partial=True, duration_ms=step.duration_ms,
+                       reason="ran its own COMMIT or ROLLBACK")
+        raise PartialApplyError(
+            f"migration {step.id} ran its own COMMIT or ROLLBACK inside its transaction "
+            "(atomic = True): what it did is no longer one unit (part of it may have been "
+            "undone or committed apart from its django_migrations row); it is recorded as "
+            "applied, but check it: see the recovery plan", revision=step.id)
 
     def _end_broken_atomic(self) -> None:
         """A failure in the deferred SQL (foreign keys, indexes) raises from the schema
@@ -393,7 +428,13 @@ class DjangoUpgrade:
         ones that change something (a non-atomic migration's partial apply)."""
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted: no further statements are sent")
+        step = self.current
+        atomic = step is not None and step.transactional and self.connection.in_atomic_block
+        if atomic and _ENDS_TRANSACTION.search(str(sql)):  # before: the rest may fail
+            self.broke_transaction = True
         result = execute(sql, params, many, context)
+        if atomic and _transaction_ended(self.connection):  # a procedure's COMMIT, say
+            self.broke_transaction = True
         text = str(sql).lstrip().lower()
         if not text.startswith(_READS):
             self.writes += 1
@@ -464,6 +505,8 @@ class DjangoUpgrade:
                     f"database error outside any migration: {first_line(mask_text(str(exc)))}")
             return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                     f"{first_line(mask_text(str(exc)))}")
+        if isinstance(exc, PartialApplyError):  # _broken_atomic: it says what happened
+            return exc
         from runner.db.migrate import error_info
 
         info = step.error or error_info(exc, step.path)
