@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote_plus, unquote
 
 from runner.errors import UsageError
 
@@ -85,6 +85,9 @@ class PgURL:
     def set(self, **parts: Any) -> PgURL:
         return replace(self, **parts)
 
+    def _replace(self, **parts: Any) -> PgURL:  # as the NamedTuple's: None clears a part
+        return replace(self, **parts)
+
     def render_as_string(self, hide_password: bool = True) -> str:
         text = f"{self.drivername}://"
         if self.username is not None:
@@ -101,7 +104,7 @@ class PgURL:
         pairs = [(key, value) for key, values in sorted(self.query.items())
                  for value in (values if isinstance(values, tuple) else (values,))]
         if pairs:
-            text += "?" + "&".join(f"{quote(key)}={quote(value)}" for key, value in pairs)
+            text += "?" + "&".join(f"{quote_plus(key)}={quote_plus(value)}" for key, value in pairs)
         return text
 
     def __repr__(self) -> str:  # as SQLAlchemy's: never the password
@@ -238,4 +241,6 @@ def _first(value: str | tuple[str, ...] | None) -> str | None:
 def psql_url(url: URL) -> str:
     """A URL psql takes (libpq: no +driver), without the password: psql finds it in
     PGPASSWORD or ~/.pgpass, and the printed command never holds it."""
-    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    # Not set(password=None): SQLAlchemy's set() takes None as "unchanged".
+    plain = url.set(drivername="postgresql")._replace(password=None)
+    return plain.render_as_string(hide_password=False)
