@@ -79,7 +79,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
         doc["preflight"] = {"ok": True, "error": None}
         log.info("preflight.ok", current=doc["current"], pending=len(migrations),
                  target=settings.target)
-        pending = [describe(executor.loader, m) for m in migrations]
+        pending = describe_all(executor.loader, migrations)
         if args.lint != "off":
             _lint(pending, args, doc, log)
     except PreflightError as exc:
@@ -105,18 +105,32 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(loader: Any, migration: Any) -> dict[str, Any]:
-    step = dj.step_of(migration, loader)
-    sql: str | None
-    try:
-        sql = "\n".join(loader.collect_sql([(migration, False)]))
+def describe_all(loader: Any, migrations: list[Any]) -> list[dict[str, Any]]:
+    """Each pending migration with its SQL, as `sqlmigrate` prints it. In one pass, as
+    Django's collect_sql does over a plan: the state carried from one migration to the next
+    (asked per migration, it renders the project state from scratch each time: quadratic)."""
+    described = []
+    state = None
+    for migration in migrations:
+        step = dj.step_of(migration, loader)
+        sql: str | None = None
         error = None
-    except Exception as exc:  # noqa: BLE001 - shown, as sqlmigrate would fail on it
-        sql, error = None, f"{type(exc).__name__}: {exc}"
-    return {"revision": step.id, "down_revision": step.previous, "path": step.path,
+        try:
+            with loader.connection.schema_editor(collect_sql=True,
+                                                 atomic=migration.atomic) as editor:
+                if state is None:
+                    state = loader.project_state((migration.app_label, migration.name),
+                                                 at_end=False)
+                state = migration.apply(state, editor, collect_sql=True)
+            sql = "\n".join(editor.collected_sql)
+        except Exception as exc:  # noqa: BLE001 - shown, as sqlmigrate would fail on it
+            error, state = f"{type(exc).__name__}: {exc}", None  # the next: from the graph
+        described.append({
+            "revision": step.id, "down_revision": step.previous, "path": step.path,
             "message": step.title, "transactional": step.transactional,
             "non_transactional_reasons": step.non_transactional_reasons, "sql": sql,
-            "sql_error": error, "findings": [], "_findings": []}
+            "sql_error": error, "findings": [], "_findings": []})
+    return described
 
 
 def lint_findings(pending: list[dict[str, Any]], mode: str, rules: str,

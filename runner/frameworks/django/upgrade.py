@@ -106,7 +106,7 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
     from django.db.migrations.executor import MigrationExecutor
 
     from runner import github, lint
-    from runner.frameworks.django.inspect import describe, lint_findings
+    from runner.frameworks.django.inspect import describe_all, lint_findings
 
     started = time.monotonic()
     try:
@@ -117,7 +117,7 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
         return  # the run's own preflight (or connect) refuses it, with its exit code
     if not migrations:
         return
-    pending = [describe(executor.loader, m) for m in migrations]
+    pending = describe_all(executor.loader, migrations)
     findings, _ = lint_findings(pending, args.lint, args.lint_rules, log)
     log.info("lint.done", revisions=len(pending), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
