@@ -105,9 +105,6 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
     from django.db.migrations.exceptions import NodeNotFoundError
     from django.db.migrations.executor import MigrationExecutor
 
-    from runner import github, lint
-    from runner.frameworks.django.inspect import describe_all, lint_findings
-
     started = time.monotonic()
     try:
         executor = MigrationExecutor(connection)  # reads django_migrations
@@ -117,6 +114,10 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
         return  # the run's own preflight (or connect) refuses it, with its exit code
     if not migrations:
         return
+    # Only now: runner.lint loads alembic (and SQLAlchemy) through the Alembic path's modules.
+    from runner import github, lint
+    from runner.frameworks.django.inspect import describe_all, lint_findings
+
     pending = describe_all(executor.loader, migrations)
     findings, _ = lint_findings(pending, args.lint, args.lint_rules, log)
     log.info("lint.done", revisions=len(pending), findings=len(findings),
