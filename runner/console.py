@@ -90,7 +90,7 @@ def _shown_path(path: str) -> str:
 
 def _where_and_why(event: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Under a failure's line: the migration's file:line that raised, PostgreSQL's DETAIL and
-    HINT (runner.frameworks.alembic.migrate.error_info)."""
+    HINT (runner.db.failures.error_info)."""
     parts: list[tuple[str, str]] = []
     if event.get("file"):
         line = f":{event['line']}" if event.get("line") else ""

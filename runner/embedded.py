@@ -15,10 +15,12 @@ import tempfile
 import warnings
 from pathlib import Path
 from types import TracebackType
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from runner.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 _SYSTEM_USER = "embedded_postgres"  # initdb/postgres refuse to run as root
 
@@ -91,6 +93,9 @@ class EmbeddedPostgres:
 
     # -- access --------------------------------------------------------------------------
     def url(self, database: str = "postgres", *, with_password: bool = True) -> URL:
+        # SQLAlchemy's own URL: env.py and create_engine take it (imported here, on use).
+        from sqlalchemy.engine import URL
+
         return URL.create("postgresql+psycopg", username="postgres",
                           password=self.password if with_password else None,
                           host="127.0.0.1", port=self.port, database=database)

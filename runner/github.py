@@ -77,7 +77,7 @@ def upgrade_line(path: str | None) -> int | None:
 
 def _location(migration: Mapping[str, Any]) -> tuple[str | None, int | None]:
     """Where the failure belongs: the file and line that raised (run.json's `error.file` /
-    `error.line`, runner.frameworks.alembic.migrate.error_info), else the revision's
+    `error.line`, runner.db.failures.error_info), else the revision's
     `def upgrade(`."""
     error = migration.get("error") or {}
     error = error if isinstance(error, dict) else {}

@@ -9,13 +9,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import URL, make_url
+from typing import TYPE_CHECKING, Any
 
 from runner.durations import DURATION_HELP, parse_duration
 from runner.errors import UsageError
-from runner.urls import check_dialect, parse_url
+from runner.urls import check_dialect, parse_pg_url, parse_url
+
+if TYPE_CHECKING:  # --framework django runs without importing SQLAlchemy
+    from sqlalchemy.engine import URL
 
 ARTIFACTS_ROOT = Path("migration-artifacts")
 LINT_MODES: tuple[str, ...] = ("error", "warn", "off")
@@ -211,6 +212,8 @@ def as_given(text: str | None) -> URL | None:
     """The URL with the user's driver (parse_url validated it first)."""
     if not text:
         return None
+    from sqlalchemy.engine import make_url
+
     url = make_url(text.strip())
     check_dialect(url)  # +psycopg on SQLAlchemy 1.4: exit 2 before anything runs
     return url
@@ -246,14 +249,15 @@ def from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
                          f"got {framework!r}")
     url_text = database_url_text(args.database_url)
+    django = framework == "django"  # no env.py: the URL without SQLAlchemy
     root = Path(args.artifacts_dir) if args.artifacts_dir else ARTIFACTS_ROOT
     return Settings(
         command=args.command,
         config_file=Path(args.config),
         ini_section=args.name,
         x_args=list(args.x),
-        database_url=parse_url(url_text) if url_text else None,
-        env_py_url=as_given(url_text),
+        database_url=(parse_pg_url if django else parse_url)(url_text) if url_text else None,
+        env_py_url=None if django else as_given(url_text),
         embedded=args.embedded,
         lock_timeout=parse_duration(args.lock_timeout, flag="--lock-timeout"),
         statement_timeout=parse_duration(args.statement_timeout, flag="--statement-timeout"),

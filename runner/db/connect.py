@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy.exc
-from sqlalchemy.engine import URL
 
 from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
 from runner.urls import libpq_kwargs, mask, mask_text
+
+if TYPE_CHECKING:  # SQLAlchemy only where env.py runs: --framework django never imports it
+    from sqlalchemy.engine import URL
 
 APPLICATION_NAME = "safe-migrate"
 
@@ -63,6 +64,8 @@ def read_only_error(in_recovery: bool) -> UsageError:
 
 def env_py_failure(exc: BaseException) -> SafeMigrateError:
     """What env.py raised before migrations could start, as the SPEC's error."""
+    import sqlalchemy.exc  # env.py ran: SQLAlchemy is loaded already
+
     if isinstance(exc, SafeMigrateError):
         return exc
     if isinstance(exc, ModuleNotFoundError) and exc.name in DRIVER_PACKAGES:
@@ -91,6 +94,8 @@ def _no_url(exc: BaseException) -> bool:
     """env.py built its engine from an empty (or absent) sqlalchemy.url."""
     if isinstance(exc, KeyError):  # engine_from_config() on a section without the key
         return exc.args in (("url",), ("sqlalchemy.url",))
+    import sqlalchemy.exc
+
     return isinstance(exc, sqlalchemy.exc.ArgumentError) and (
         "Could not parse SQLAlchemy URL from given URL string" in str(exc)
         or "got None" in str(exc))

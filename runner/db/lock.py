@@ -7,15 +7,17 @@ import hashlib
 import select
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy.engine import URL
 
 from runner.db import catalog
 from runner.db.connect import connect, first_line
 from runner.errors import DatabaseUnreachableError, InterruptedRunError, LockBusyError
 from runner.urls import mask_text
+
+if TYPE_CHECKING:  # not at run time: --framework django never imports SQLAlchemy
+    from sqlalchemy.engine import URL
 
 _LOG_EVERY = 5.0  # seconds between lock.waiting events after the first
 

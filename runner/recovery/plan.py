@@ -44,7 +44,7 @@ class Failure:
     leftovers_known: bool = True
     error: str | None = None
     expected: list[str] | None = None  # verification-failed: the heads the run aimed at
-    # The line of `path` that raised (runner.frameworks.alembic.migrate.error_info).
+    # The line of `path` that raised (runner.db.failures.error_info).
     line: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

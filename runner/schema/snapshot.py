@@ -19,12 +19,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Literal
 
 from runner.errors import DatabaseUnreachableError, SafeMigrateError, UsageError
 from runner.urls import libpq_params, mask_text
+
+if TYPE_CHECKING:  # not at run time: --framework django never imports SQLAlchemy
+    from sqlalchemy.engine import URL
 
 _NOT_FOUND = "pg_dump not found: install the PostgreSQL client, or pass --pg-dump PATH"
 # libpq's words when the server cannot be reached or went away: a retry may succeed (exit 7).

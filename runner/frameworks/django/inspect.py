@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -19,6 +19,9 @@ from runner.logging import get_logger, mask_value
 from runner.recovery.runs import RunHistory, refusal, still_open
 from runner.settings import Settings
 from runner.urls import mask
+
+if TYPE_CHECKING:  # runner.lint loads alembic (and SQLAlchemy): only when linting
+    from runner.lint import Finding
 
 
 @dataclass
@@ -76,7 +79,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
         doc["preflight"] = {"ok": True, "error": None}
         log.info("preflight.ok", current=doc["current"], pending=len(migrations),
                  target=settings.target)
-        pending = [_describe(executor.loader, m) for m in migrations]
+        pending = describe_all(executor.loader, migrations)
         if args.lint != "off":
             _lint(pending, args, doc, log)
     except PreflightError as exc:
@@ -102,33 +105,56 @@ def plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(loader: Any, migration: Any) -> dict[str, Any]:
-    step = dj.step_of(migration, loader)
-    sql: str | None
-    try:
-        sql = "\n".join(loader.collect_sql([(migration, False)]))
+def describe_all(loader: Any, migrations: list[Any]) -> list[dict[str, Any]]:
+    """Each pending migration with its SQL, as `sqlmigrate` prints it. In one pass, as
+    Django's collect_sql does over a plan: the state carried from one migration to the next
+    (asked per migration, it renders the project state from scratch each time: quadratic)."""
+    described = []
+    state = None
+    for migration in migrations:
+        step = dj.step_of(migration, loader)
+        sql: str | None = None
         error = None
-    except Exception as exc:  # noqa: BLE001 - shown, as sqlmigrate would fail on it
-        sql, error = None, f"{type(exc).__name__}: {exc}"
-    return {"revision": step.id, "down_revision": step.previous, "path": step.path,
+        try:
+            with loader.connection.schema_editor(collect_sql=True,
+                                                 atomic=migration.atomic) as editor:
+                if state is None:
+                    state = loader.project_state((migration.app_label, migration.name),
+                                                 at_end=False)
+                state = migration.apply(state, editor, collect_sql=True)
+            sql = "\n".join(editor.collected_sql)
+        except Exception as exc:  # noqa: BLE001 - shown, as sqlmigrate would fail on it
+            error, state = f"{type(exc).__name__}: {exc}", None  # the next: from the graph
+        described.append({
+            "revision": step.id, "down_revision": step.previous, "path": step.path,
             "message": step.title, "transactional": step.transactional,
             "non_transactional_reasons": step.non_transactional_reasons, "sql": sql,
-            "sql_error": error, "findings": [], "_findings": []}
+            "sql_error": error, "findings": [], "_findings": []})
+    return described
 
 
-def _lint(pending: list[dict[str, Any]], args: argparse.Namespace, doc: dict[str, Any],
-          log: Any) -> None:
+def lint_findings(pending: list[dict[str, Any]], mode: str, rules: str,
+                  log: Any) -> tuple[list[Finding], str | None]:
+    """squawk over each pending migration's SQL (as sqlmigrate prints it), for plan and
+    upgrade. Returns (findings, why squawk was unavailable); unavailable raises with error."""
     from runner import lint
 
     items = [(cast(Any, _Script(p["revision"], p["path"])), p["sql"]) for p in pending
              if p["sql"]]
     try:
-        findings = lint.lint_sql(items, rules=lint.rule_set(args.lint_rules))
+        return lint.lint_sql(items, rules=lint.rule_set(rules)), None
     except LintUnavailableError as exc:
-        if args.lint == "error":
+        if mode == "error":
             raise
         log.warning("lint.unavailable", error=exc.message)
-        doc["lint"]["unavailable"] = exc.message
+        return [], exc.message
+
+
+def _lint(pending: list[dict[str, Any]], args: argparse.Namespace, doc: dict[str, Any],
+          log: Any) -> None:
+    findings, unavailable = lint_findings(pending, args.lint, args.lint_rules, log)
+    if unavailable is not None:
+        doc["lint"]["unavailable"] = unavailable
         return
     for p in pending:
         mine = [f for f in findings if f.revision == p["revision"]]

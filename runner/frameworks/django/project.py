@@ -7,12 +7,14 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import PreflightError, UsageError
 from runner.frameworks.base import Step
+from runner.urls import pg_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 VERSION_TABLE = "django_migrations"
 #: RunSQL that cannot run in a transaction block.
@@ -68,7 +70,7 @@ def setup(settings_module: str | None, alias: str, url: URL | None) -> Any:
 def sqlalchemy_url(connection: Any) -> URL:
     """The alias's server as a URL, for the runner's own psycopg sessions."""
     params = connection.get_connection_params()
-    return URL.create("postgresql+psycopg", username=params.get("user") or None,
+    return pg_url(username=params.get("user") or None,
                       password=params.get("password") or None, host=params.get("host") or None,
                       port=int(params["port"]) if params.get("port") else None,
                       database=params.get("dbname") or None)

@@ -27,9 +27,10 @@ from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
+from runner.db.failures import ends_transaction
 from runner.db.ledger import parse_table
 from runner.db.lock import AdvisoryLock, lock_key
-from runner.db.monitor import Monitor
+from runner.db.monitor import Monitor, sample_interval
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -53,6 +54,14 @@ from runner.urls import mask, mask_text
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
 _READS = ("select", "show", "set ")  # statements taken to change nothing (WITH can write)
+_IDLE = 0  # libpq's PQTRANS_IDLE (psycopg 3 and psycopg2 alike): no transaction open
+
+
+def _transaction_ended(connection: Any) -> bool:
+    """Inside Django's atomic block, the session is out of any transaction: a statement
+    ended it."""
+    info = getattr(connection.connection, "info", None)
+    return getattr(info, "transaction_status", None) == _IDLE
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -73,11 +82,43 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         try:
             loader = dj.load_graph()  # from the files alone: conflicts, missing parents
             dj.check_model_changes(loader, args.model_changes, log)
+            lint_pending(connection, settings, args, log)
         except PreflightError as exc:
             log.error("preflight.failed", reason=exc.message)
             raise
         job = DjangoUpgrade(settings, connection, loader, artifacts, log, finding, interrupted)
         return job.execute()
+
+
+def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
+                 log: Any) -> None:
+    """--lint: squawk over each pending migration's SQL, as on the Alembic path: before the
+    lock and before anything runs; --lint error refuses on any finding (exit 3)."""
+    if args.lint == "off":
+        return
+    from django.db import DatabaseError
+    from django.db.migrations.exceptions import NodeNotFoundError
+    from django.db.migrations.executor import MigrationExecutor
+
+    started = time.monotonic()
+    try:
+        executor = MigrationExecutor(connection)  # reads django_migrations
+        migrations = dj.plan(executor, dj.targets(executor.loader, settings.target),
+                             settings.target)
+    except (SafeMigrateError, DatabaseError, NodeNotFoundError):
+        return  # the run's own preflight (or connect) refuses it, with its exit code
+    if not migrations:
+        return
+    # Only now: runner.lint loads alembic (and SQLAlchemy) through the Alembic path's modules.
+    from runner import github, lint
+    from runner.frameworks.django.inspect import describe_all, lint_findings
+
+    pending = describe_all(executor.loader, migrations)
+    findings, _ = lint_findings(pending, args.lint, args.lint_rules, log)
+    log.info("lint.done", revisions=len(pending), findings=len(findings),
+             duration_ms=round((time.monotonic() - started) * 1000))
+    github.report_lint([f.to_dict() for f in findings], args.lint)
+    lint.enforce(findings, args.lint, log)  # logs lint.finding; error: PreflightError
 
 
 @contextlib.contextmanager
@@ -126,6 +167,9 @@ class DjangoUpgrade:
         self.heads_before: list[str] = []
         self.executor: Any = None
         self.writes = 0  # statements of the running step that changed something
+        # The running atomic migration sent its own COMMIT/ROLLBACK (RunSQL("COMMIT")): what
+        # it did is no longer one unit, whatever Django's atomic block does after it.
+        self.broke_transaction = False
         # Session-level SETs outlive each migration's transaction: sent once at connect,
         # again only after a migration that touched a timeout (a round trip saved per step).
         self.timeouts_changed = False
@@ -213,7 +257,8 @@ class DjangoUpgrade:
         key = lock_key(catalog.current_database(lock_conn), self.schema, dj.VERSION_TABLE)
         self.lock = AdvisoryLock(lock_conn, key, log=self.log, interrupted=self.interrupted)
         self.lock.acquire(self.settings.advisory_lock_wait)
-        self.monitor = Monitor(self.side, self.interrupted)
+        self.monitor = Monitor(self.side, self.interrupted,
+                               interval=sample_interval(self.settings.lock_timeout))
         self.monitor.start()
         if self.finding is not None:
             from runner.schema import snapshot
@@ -292,7 +337,7 @@ class DjangoUpgrade:
             raise InterruptedRunError("interrupted while waiting to retry")
 
     def _lost_lock_race(self, step: Step, exc: BaseException) -> bool:
-        from runner.frameworks.alembic.migrate import sqlstate_of
+        from runner.db.failures import sqlstate_of
 
         return (step.transactional and step.outcome == "failed" and not step.partial
                 and not self.interrupted.is_set() and sqlstate_of(exc) in LOCK_RACE)
@@ -311,6 +356,7 @@ class DjangoUpgrade:
                 cursor.execute(self.timeouts)
             self.timeouts_changed = False
         self.writes = 0
+        self.broke_transaction = False
         started = time.monotonic()
         self.log.info("migration.start", revision=step.id, down_revision=step.previous,
                       attempt=step.attempts, transactional=step.transactional)
@@ -321,12 +367,13 @@ class DjangoUpgrade:
                 state.apps  # noqa: B018 - render the models once, as Django's executor does
             state = self.executor.apply_migration(state, migration)
         except BaseException as exc:
-            from runner.frameworks.alembic.migrate import error_info
+            from runner.db.failures import error_info
 
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
             self._end_broken_atomic()
-            step.partial = not step.transactional and self._left_something(step)
+            step.partial = (self.broke_transaction if step.transactional
+                            else self._left_something(step))
             self._unwatch(step)
             step.duration_ms = _ms_since(started)
             self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
@@ -336,9 +383,25 @@ class DjangoUpgrade:
         self._unwatch(step)
         step.outcome = "applied"
         step.duration_ms = _ms_since(started)
+        if step.transactional and self.broke_transaction:
+            self._broken_atomic(step)
         self.log.info("migration.done", revision=step.id, duration_ms=step.duration_ms,
                       attempts=step.attempts, lock_wait_ms=step.lock_wait_ms)
         return state
+
+    def _broken_atomic(self, step: Step) -> None:
+        """An atomic migration ran its own COMMIT/ROLLBACK and then succeeded: Django
+        recorded it, but part of it may have been undone or committed on its own (exit 6)."""
+        step.outcome = "partial"
+        step.partial = True
+        self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
+                       partial=True, duration_ms=step.duration_ms,
+                       reason="ran its own COMMIT or ROLLBACK")
+        raise PartialApplyError(
+            f"migration {step.id} ran its own COMMIT or ROLLBACK inside its transaction "
+            "(atomic = True): what it did is no longer one unit (part of it may have been "
+            "undone or committed apart from its django_migrations row); it is recorded as "
+            "applied, but check it: see the recovery plan", revision=step.id)
 
     def _end_broken_atomic(self) -> None:
         """A failure in the deferred SQL (foreign keys, indexes) raises from the schema
@@ -362,7 +425,13 @@ class DjangoUpgrade:
         ones that change something (a non-atomic migration's partial apply)."""
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted: no further statements are sent")
+        step = self.current
+        atomic = step is not None and step.transactional and self.connection.in_atomic_block
+        if atomic and ends_transaction(str(sql)):  # before: the rest may fail
+            self.broke_transaction = True
         result = execute(sql, params, many, context)
+        if atomic and _transaction_ended(self.connection):  # a procedure's COMMIT, say
+            self.broke_transaction = True
         text = str(sql).lstrip().lower()
         if not text.startswith(_READS):
             self.writes += 1
@@ -433,7 +502,9 @@ class DjangoUpgrade:
                     f"database error outside any migration: {first_line(mask_text(str(exc)))}")
             return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                     f"{first_line(mask_text(str(exc)))}")
-        from runner.frameworks.alembic.migrate import error_info
+        if isinstance(exc, PartialApplyError):  # _broken_atomic: it says what happened
+            return exc
+        from runner.db.failures import error_info
 
         info = step.error or error_info(exc, step.path)
         where = f"migration {step.id} ({info['file']}:{info['line']})" if info.get(

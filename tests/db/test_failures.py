@@ -1,4 +1,4 @@
-"""runner.frameworks.alembic.migrate.error_info: where a migration raised, and PostgreSQL's
+"""runner.db.failures.error_info: where a migration raised, and PostgreSQL's
 DETAIL and HINT, from the exception alone (no database)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy.exc
 
-from runner.frameworks.alembic.migrate import error_info
+from runner.db.failures import error_info
 
 
 def _raise_from(path: Path, source: str, exc: BaseException, **names: object) -> BaseException:
