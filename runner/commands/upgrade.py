@@ -24,7 +24,7 @@ from runner import __version__, console, github
 from runner.artifacts import Artifacts, Journal, pre_step_file, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
-from runner.db.ledger import parse_table
+from runner.db.ledger import Identity, parse_table
 from runner.db.migrate import Database, MigrationRecord, Migrator
 from runner.db.objects import Recorded
 from runner.db.probe import probe
@@ -201,6 +201,9 @@ class UpgradeJob:
         self.recorder = Recorder(settings.run_id, log=log)
         self.outcome_recorded = False  # the ledger row holds the outcome (and any plan)
         self.failure: Failure | None = None
+        # The heads verification read, under the lock the run still holds: the ledger's
+        # heads_after without reading them again.
+        self.verified_heads: list[str] | None = None
 
     @property
     def db(self) -> Database | None:
@@ -227,7 +230,12 @@ class UpgradeJob:
                            ledger_table=self.settings.ledger_table,
                            use_ledger=self.settings.ledger, command="upgrade",
                            target=self.settings.target, database_url=mask(db.url),
-                           tool_version=__version__)
+                           tool_version=__version__, identity=self._identity(side))
+
+    def _identity(self, side: psycopg.Connection[Any]) -> Identity | None:
+        """A fleet worker's kept session knows its database's identity already."""
+        sessions = self.migrator.sessions
+        return sessions.identity(side) if sessions is not None else None
 
     def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None:
         self.recorder.check_unresolved(lambda rev: applied(self.project.script, db_heads, rev))
@@ -336,6 +344,7 @@ class UpgradeJob:
                     f"post-run verification failed: this run left invalid index(es) {names}",
                     kind=VERIFICATION_FAILED, invalid=left)
         self.log.info("verification.ok", heads=list(heads or ()))
+        self.verified_heads = list(heads or ())
         return None
 
     def _finish(self, error: SafeMigrateError | None, expected: list[str]) -> ExitCode:
@@ -447,7 +456,8 @@ class UpgradeJob:
                 outcome=_outcome(code), exit_code=int(code),
                 error=mask_text(error.message) if error else None,
                 heads_before=list(self.migrator.db_heads_before or ()),
-                heads_after=list(self.migrator.read_heads() or ()),
+                heads_after=(self.verified_heads if error is None and self.verified_heads
+                             is not None else list(self.migrator.read_heads() or ())),
                 steps=[r.to_dict() for r in self.migrator.records.values() if r.attempts],
                 recovery=self.failure.to_dict() if self.failure else None)
             self.outcome_recorded = True

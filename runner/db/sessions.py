@@ -15,49 +15,61 @@ import contextlib
 import os
 import select
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import URL
 
-from runner.db import catalog
+from runner.db import catalog, ledger
 from runner.db.connect import connect
+from runner.db.ledger import Identity
 
 
 class Sessions:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, str], psycopg.Connection[Any]] = {}
-        self._databases: dict[int, str] = {}  # id(conn) -> current_database()
-        self._pids: dict[int, int] = {}  # id(conn) -> the process that opened it
+        # Per session (weak: a session dropped elsewhere takes its entries with it).
+        Conn = psycopg.Connection[Any]
+        self._databases: WeakKeyDictionary[Conn, str] = WeakKeyDictionary()
+        self._identities: WeakKeyDictionary[Conn, Identity] = WeakKeyDictionary()
+        self._pids: WeakKeyDictionary[Conn, int] = WeakKeyDictionary()  # who opened it
 
     def take(self, url: URL, *, application_name: str, timeout: float) -> psycopg.Connection[Any]:
         """A live session to `url` named `application_name`: a kept one, else a new one."""
         kept = self._idle.pop(_key(url, application_name), None)
-        if kept is not None and self._pids.get(id(kept)) == os.getpid() and usable(kept):
+        if kept is not None and self._pids.get(kept) == os.getpid() and usable(kept):
             return kept
         if kept is not None:
             self._forget(kept)
         conn = connect(url, timeout=timeout, application_name=application_name)
-        self._pids[id(conn)] = os.getpid()
+        self._pids[conn] = os.getpid()
         return conn
 
     def give(self, url: URL, application_name: str, conn: psycopg.Connection[Any]) -> None:
         """Keep `conn` for the next target, if it is idle and healthy; else close it."""
         key = _key(url, application_name)
-        if (key in self._idle or self._pids.get(id(conn), os.getpid()) != os.getpid()
+        if (key in self._idle or self._pids.get(conn, os.getpid()) != os.getpid()
                 or conn.closed or conn.broken
                 or conn.info.transaction_status != TransactionStatus.IDLE):
             self._forget(conn)
             return
-        self._pids[id(conn)] = os.getpid()  # a session the run reopened itself is kept too
+        self._pids[conn] = os.getpid()  # a session the run reopened itself is kept too
         self._idle[key] = conn
 
     def database(self, conn: psycopg.Connection[Any]) -> str:
         """current_database(), asked once per session."""
-        name = self._databases.get(id(conn))
+        name = self._databases.get(conn)
         if name is None:
-            name = self._databases[id(conn)] = catalog.current_database(conn)
+            name = self._databases[conn] = catalog.current_database(conn)
         return name
+
+    def identity(self, conn: psycopg.Connection[Any]) -> Identity:
+        """The database's identity (the ledger's), asked once per session."""
+        found = self._identities.get(conn)
+        if found is None:
+            found = self._identities[conn] = ledger.identity(conn)
+        return found
 
     def close(self) -> None:
         for conn in list(self._idle.values()):
@@ -67,10 +79,11 @@ class Sessions:
     def _forget(self, conn: psycopg.Connection[Any]) -> None:
         # A session inherited through fork() is the parent's socket: never closed here (that
         # would end the parent's session), only dropped.
-        if self._pids.pop(id(conn), os.getpid()) == os.getpid():
+        if self._pids.pop(conn, os.getpid()) == os.getpid():
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-        self._databases.pop(id(conn), None)
+        self._databases.pop(conn, None)
+        self._identities.pop(conn, None)
 
 
 def usable(conn: psycopg.Connection[Any]) -> bool:
