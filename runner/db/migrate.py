@@ -56,7 +56,7 @@ from runner.db.probe import (
     where_env_py_connects,
 )
 from runner.db.sessions import Sessions
-from runner.db.xact import begin_step, run_each
+from runner.db.xact import begin_step, prepare_session
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -397,17 +397,14 @@ class Migrator:
         self._autocommit = (
             connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
             or getattr(connection.connection.dbapi_connection, "autocommit", False) is True)
-        exec_ = connection.exec_driver_sql
-        run_each(connection, self._timeouts)  # again at every step's start (begin_step)
-        exec_("SET application_name = 'safe-migrate-migration'")
+        # The timeouts are set again at every step's start (begin_step).
+        settings = [*self._timeouts.split("; "), "SET application_name = 'safe-migrate-migration'"]
         if (connection.dialect.server_version_info or (0,)) >= (14,):
-            exec_("SET idle_session_timeout = 0")  # it idles while we wait for the lock
-        pid, read_only, in_recovery = exec_(
-            "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
-            "pg_is_in_recovery()").one()
+            settings.append("SET idle_session_timeout = 0")  # it idles while we wait for the lock
+        pid, read_only, in_recovery = prepare_session(connection, settings)
         if read_only or in_recovery:  # refused before the lock, before anything runs
-            raise read_only_error(bool(in_recovery))
-        self._pid = int(pid)
+            raise read_only_error(in_recovery)
+        self._pid = pid
         target = where_env_py_connects(connection, opts)
         commit_now(connection)
         event.listen(connection, "before_cursor_execute", self._before_statement)

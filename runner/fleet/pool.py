@@ -12,6 +12,7 @@ a pipe, so it decides, target by target, whether anything more starts.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -96,6 +97,9 @@ class Processes:
         return _Worker(process, parent)
 
     def _serve(self, conn: multiprocessing.connection.Connection) -> None:
+        # What the parent loaded (the project, the revision map) stays: out of the collector's
+        # sight, it is never traversed again (~1 ms a target) nor copied by touching it.
+        gc.freeze()
         try:
             with self.worker_signals() as interrupted:
                 while True:
