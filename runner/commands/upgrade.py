@@ -332,9 +332,12 @@ class UpgradeJob:
             return PartialApplyError(
                 f"post-run verification failed: the database is at {list(heads or ()) or 'base'}"
                 f", expected {expected}", kind=VERIFICATION_FAILED)
-        if self.migrator.applied and self.side is not None:
-            # CREATE INDEX CONCURRENTLY whose failure a migration swallowed, or IF NOT EXISTS
-            # over an invalid index: "success" with an index that enforces nothing.
+        if self.side is not None and any(not r.transactional for r in self.migrator.applied):
+            # CREATE INDEX CONCURRENTLY whose failure a migration swallowed: "success" with an
+            # index that enforces nothing. Only a non-transactional step can leave one (inside
+            # a transaction CONCURRENTLY is refused, and a step that ended its transaction is
+            # a partial apply already): after transactional steps only, the catalog-wide scan
+            # (~2 ms at 2,000 tenant schemas, per target) is skipped.
             left = [o for o in catalog.invalid_indexes(self.side)
                     if (o["schema"], o["name"]) not in self.invalid_before]
             if left:
