@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fleet_support import create_schemas, fleet_json, ledger_rows, tenant_project, tenants_yaml
 from structlog.testing import capture_logs
+from support import cli_args
 
 from runner.db.lock import lock_key
 
@@ -58,3 +59,18 @@ def test_kept_sessions_lock_per_target_and_reopen_when_lost(tmp_path: Path, db, 
     assert sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
     assert sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
                "'safe-migrate%%'") == [(0,)]
+
+
+def test_a_ledger_dropped_after_this_process_ensured_it_is_made_again(make_project, db, sql,
+                                                                        run_cli,
+                                                                        tmp_path: Path) -> None:
+    """The ledger's create-if-missing runs once per process and table: a ledger dropped in
+    between is created again when the next run's row finds it gone."""
+    project = make_project([("r1", 'op.create_table("a", sa.Column("id", sa.Integer))'),
+                            ("r2", 'op.create_table("b", sa.Column("id", sa.Integer))')])
+    assert run_cli(cli_args(project, db, "--lint", "off", "r1",
+                            artifacts=tmp_path / "one")) == 0
+    sql("DROP TABLE public.safe_migrate_runs")
+    assert run_cli(cli_args(project, db, "--lint", "off", artifacts=tmp_path / "two")) == 0
+    assert sql("SELECT target, outcome FROM public.safe_migrate_runs") == [("heads", "success")]
+    assert sql("SELECT version_num FROM alembic_version") == [("r2",)]
