@@ -112,6 +112,7 @@ class Ledger:
         self.me = me
         self.version_table = version_table
         self._name = sql.Identifier(schema, table)
+        self.new = False  # this run created the table: it holds no earlier run of ours
 
     @property
     def qualified(self) -> str:
@@ -124,8 +125,15 @@ class Ledger:
         return row is not None and row[0] is not None
 
     def ensure(self) -> None:
-        """Create the table if missing (under the advisory lock: no race between runners)."""
+        """Create the table if missing (under the advisory lock: no race between runners).
+
+        Once per process and table: a fleet worker's next target with the same ledger
+        (`--ledger-table` shared, or the next run of one database) asks nothing; should
+        the table be gone by then, start() creates it again."""
+        if self._ensured_key in _ENSURED:
+            return
         if self.exists():
+            _ENSURED.add(self._ensured_key)
             return
         try:
             self._run(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
@@ -138,18 +146,33 @@ class Ledger:
             # "already exists"), depending on when the other one committed.
             if not self.exists():
                 raise
+        # Missing under our lock: no row for our version table can be in it but ours (rows
+        # for it are written under that lock only), so nothing to look up there this run.
+        self.new = True
+        _ENSURED.add(self._ensured_key)
+
+    @property
+    def _ensured_key(self) -> tuple[str | None, int, str, str]:
+        return self.me.system_identifier, self.me.database_oid, self.schema, self.table
 
     # -- writes ------------------------------------------------------------------------------
     def start(self, run_id: str, command: str, *, target: str | None, database_url: str,
               tool_version: str) -> None:
         where = who()
-        self._run(sql.SQL(
+        insert = (sql.SQL(
             "INSERT INTO {} (run_id, command, outcome, target, host, tool_version, database_url, "
             "system_identifier, database_oid, database_name, version_table) "
             "VALUES (%s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s)").format(self._name),
             (run_id, command, target, f"{where['user']}@{where['host']}", tool_version,
              database_url, self.me.system_identifier, self.me.database_oid,
-             self.me.database_name, self.version_table), doing="write the run ledger")
+             self.me.database_name, self.version_table))
+        try:
+            self._run(*insert, doing="write the run ledger")
+        except psycopg.errors.UndefinedTable:
+            # Dropped since this process last ensured it (ensure() asks once per process).
+            _ENSURED.discard(self._ensured_key)
+            self.ensure()
+            self._run(*insert, doing="write the run ledger")
 
     def update(self, run_id: str, **fields: Any) -> None:
         """One UPDATE, one round trip: jsonb fields as given, the rest as they are."""
@@ -224,6 +247,8 @@ class Ledger:
                 "the local artifacts alone)") from None
 
 
+# The ledgers this process created or found: (system identifier, database oid, schema, table).
+_ENSURED: set[tuple[str | None, int, str, str]] = set()
 _NOW = object()  # a marker: the column is set to the server's now()
 _JSONB = {"running", "steps", "recovery"}
 

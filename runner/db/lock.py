@@ -13,6 +13,7 @@ import psycopg
 
 from runner.db import catalog
 from runner.db.connect import connect, first_line
+from runner.db.sessions import Sessions
 from runner.errors import DatabaseUnreachableError, InterruptedRunError, LockBusyError
 from runner.urls import mask_text
 
@@ -47,6 +48,7 @@ class AdvisoryLock:
         self.interrupted = interrupted
         self.poll = poll
         self.held = False
+        self.application_name = ""  # the session's, when open() named it
 
     def acquire(self, wait: float) -> None:
         try:
@@ -95,10 +97,20 @@ class AdvisoryLock:
 
     @classmethod
     def open(cls, url: URL, schema: str, table: str, *, timeout: float, run_id: str, log: Any,
-             interrupted: threading.Event) -> AdvisoryLock:
-        """A lock on its own connection, named so that `lock.waiting` shows who holds it."""
-        conn = connect(url, timeout=timeout, application_name=f"safe-migrate-lock {run_id}")
-        return cls(conn, version_table_key(conn, schema, table), log=log, interrupted=interrupted)
+             interrupted: threading.Event, sessions: Sessions | None = None) -> AdvisoryLock:
+        """A lock on its own connection, named so that `lock.waiting` shows who holds it
+        (a fleet worker's kept session for this database, when it has one)."""
+        name = f"safe-migrate-lock {run_id}"
+        if sessions is None:
+            conn = connect(url, timeout=timeout, application_name=name)
+            lock = cls(conn, version_table_key(conn, schema, table), log=log,
+                       interrupted=interrupted)
+        else:
+            conn = sessions.take(url, application_name=name, timeout=timeout)
+            lock = cls(conn, lock_key(sessions.database(conn), schema, table), log=log,
+                       interrupted=interrupted)
+        lock.application_name = name
+        return lock
 
     def alive(self) -> bool:
         """Whether the session that holds the lock is still there: a session that died (its
@@ -123,11 +135,16 @@ class AdvisoryLock:
         self.release()
         self.conn.close()
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """Free the lock. True when the session is known to hold it no more (the session
+        may then serve another target); False when that is unsure (close the session)."""
         if not self.held:
-            return
+            return True
         self.held = False
+        freed = False
         # If the connection is gone, so is the session lock: nothing left to free.
         with contextlib.suppress(psycopg.Error):
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            row = self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,)).fetchone()
+            freed = row is not None and row[0] is True
         self.log.info("lock.released", key=self.key)
+        return freed

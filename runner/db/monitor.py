@@ -49,6 +49,11 @@ class Monitor:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    @property
+    def running(self) -> bool:
+        """Still querying on its connection (stop() gave up waiting for it)."""
+        return self._thread.is_alive()
+
     def watch(self, pid: int) -> None:
         """A migration started on backend `pid`: begin watching it."""
         with self._state:

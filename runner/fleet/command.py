@@ -150,13 +150,18 @@ def _peak_rss() -> dict[str, int]:
 @contextlib.contextmanager
 def _executor(run: RunOne, count: int, policy: Policy,
               log: Any) -> Iterator[tuple[Inline | Processes, threading.Event]]:
+    from runner.fleet.run import close_sessions
+
     workers = min(policy.parallel, count)
     if workers <= 1:
-        with interruptible(log) as interrupted:
-            yield Inline(run, interrupted), interrupted
+        try:
+            with interruptible(log) as interrupted:
+                yield Inline(run, interrupted), interrupted
+        finally:
+            close_sessions()
         return
     stopping = threading.Event()
-    processes = Processes(run, workers, lambda: interruptible(log))
+    processes = Processes(run, workers, lambda: interruptible(log), on_exit=close_sessions)
     try:
         with forwarding_signals(processes, stopping, log):
             yield processes, stopping

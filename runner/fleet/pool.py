@@ -12,6 +12,7 @@ a pipe, so it decides, target by target, whether anything more starts.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -79,9 +80,10 @@ class Processes:
     OOM killer) reports its target as exit 1 and is replaced."""
 
     def __init__(self, run: RunOne, workers: int,
-                 worker_signals: Callable[[], contextlib.AbstractContextManager[threading.Event]]
-                 ) -> None:
+                 worker_signals: Callable[[], contextlib.AbstractContextManager[threading.Event]],
+                 on_exit: Callable[[], None] | None = None) -> None:
         self.run = run
+        self.on_exit = on_exit  # in each worker, once it has nothing more to run
         self.capacity = workers
         self.worker_signals = worker_signals
         self.context = multiprocessing.get_context("fork")
@@ -95,15 +97,22 @@ class Processes:
         return _Worker(process, parent)
 
     def _serve(self, conn: multiprocessing.connection.Connection) -> None:
-        with self.worker_signals() as interrupted:
-            while True:
-                try:
-                    index = conn.recv()
-                except EOFError:
-                    return
-                if index is None:
-                    return
-                conn.send((index, self.run(index, interrupted)))
+        # What the parent loaded (the project, the revision map) stays: out of the collector's
+        # sight, it is never traversed again (~1 ms a target) nor copied by touching it.
+        gc.freeze()
+        try:
+            with self.worker_signals() as interrupted:
+                while True:
+                    try:
+                        index = conn.recv()
+                    except EOFError:
+                        return
+                    if index is None:
+                        return
+                    conn.send((index, self.run(index, interrupted)))
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
 
     def submit(self, index: int) -> None:
         worker = next(w for w in self.workers if w.task is None)

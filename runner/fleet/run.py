@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from runner.artifacts import Artifacts
+from runner.db.sessions import Sessions
 from runner.errors import ExitCode, SafeMigrateError
 from runner.fleet.pool import BY_INTERRUPT, NOT_STARTED, Result
 from runner.fleet.targets import Resolved
@@ -34,6 +35,15 @@ from runner.frameworks.alembic.project import Project, set_url
 from runner.logging import get_logger
 from runner.settings import Settings
 from runner.urls import mask, mask_text
+
+# This process's own sessions, per database: each forked worker fills its own (Sessions
+# never reuses or closes one inherited through fork()).
+SESSIONS = Sessions()
+
+
+def close_sessions() -> None:
+    """At a worker's (or an inline fleet's) end: the kept sessions end cleanly."""
+    SESSIONS.close()
 
 
 @dataclass
@@ -164,6 +174,7 @@ class _FleetMigrator(Migrator):
 
     def __init__(self, *args: Any, expected: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.sessions = SESSIONS  # the lock's and the side session, kept across targets
         self.expected = set(expected)
         self.at_target: tuple[str, ...] | None = None
         self._looked = False

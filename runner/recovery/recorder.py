@@ -32,10 +32,11 @@ class Recorder:
 
     def open(self, conn: psycopg.Connection[Any], *, version_schema: str, version_table: str,
              ledger_table: str | None, use_ledger: bool, command: str, target: str | None,
-             database_url: str, tool_version: str) -> None:
-        """Under the advisory lock: the database's identity, and this run's ledger row."""
+             database_url: str, tool_version: str, identity: Identity | None = None) -> None:
+        """Under the advisory lock: the database's identity (unless known for this session),
+        and this run's ledger row."""
         self.conn = conn
-        self.identity = ledger_mod.identity(conn)
+        self.identity = identity or ledger_mod.identity(conn)
         if not use_ledger:
             return
         schema, table = ledger_mod.parse_table(ledger_table, version_schema)
@@ -54,7 +55,7 @@ class Recorder:
     def check_unresolved(self, is_applied: Callable[[str], bool]) -> None:
         """Exit 3 while an earlier failure is unresolved: its leftovers are still there, and
         a re-run would fail on them or, worse, succeed over them (IF NOT EXISTS)."""
-        if self.ledger is None:
+        if self.ledger is None or self.ledger.new:  # a ledger made by this run: no past run
             return
         runs = [PastRun(row) for row in self.ledger.unresolved(own=self.run_id)]
         for run in still_open(runs, is_applied):

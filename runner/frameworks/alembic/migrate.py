@@ -48,7 +48,8 @@ from runner.db.connect import (
 from runner.db.failures import ends_transaction, error_info, sqlstate_of
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor, sample_interval
-from runner.db.xact import begin_step, run_each
+from runner.db.sessions import Sessions
+from runner.db.xact import begin_step, prepare_session
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
@@ -75,6 +76,7 @@ from runner.logging import quiet_alembic
 from runner.settings import Settings
 from runner.urls import SQLALCHEMY_2, mask, mask_text
 
+SIDE_SESSION = "safe-migrate-monitor"  # application_name of the monitor / ledger session
 LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 # The session died under the migration: admin shutdown/terminate, crash, connection failure.
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
@@ -155,6 +157,9 @@ class Migrator:
         self.current: MigrationRecord | None = None  # the step that is running or failed
         self.db: Database | None = None
         self.side: psycopg.Connection[Any] | None = None  # monitor + catalog queries
+        # A fleet worker's sessions, kept across its targets of one database (None: the
+        # run opens and closes its own).
+        self.sessions: Sessions | None = None
         self.lock: AdvisoryLock | None = None
         self.monitor: Monitor | None = None
         self.db_heads_before: tuple[str, ...] | None = None
@@ -232,10 +237,22 @@ class Migrator:
     def close(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
+        kept = self.sessions
+        if kept is None or self.db is None or (self.monitor is not None and self.monitor.running):
+            if self.lock is not None:
+                self.lock.close()
+            if self.side is not None:
+                self.side.close()
+            return
+        # A fleet worker: the lock is released now, as ever; its session and the side
+        # session serve the worker's next target of this database, if they are healthy.
         if self.lock is not None:
-            self.lock.close()
+            if self.lock.release():
+                kept.give(self.db.url, self.lock.application_name, self.lock.conn)
+            else:
+                self.lock.conn.close()
         if self.side is not None:
-            self.side.close()
+            kept.give(self.db.url, SIDE_SESSION, self.side)
 
     # -- attempts -----------------------------------------------------------------------
     def _attempt_with_connect_retries(self) -> None:
@@ -298,17 +315,14 @@ class Migrator:
         self._autocommit = (
             connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
             or getattr(connection.connection.dbapi_connection, "autocommit", False) is True)
-        exec_ = connection.exec_driver_sql
-        run_each(connection, self._timeouts)  # again at every step's start (begin_step)
-        exec_("SET application_name = 'safe-migrate-migration'")
+        # The timeouts are set again at every step's start (begin_step).
+        settings = [*self._timeouts.split("; "), "SET application_name = 'safe-migrate-migration'"]
         if (connection.dialect.server_version_info or (0,)) >= (14,):
-            exec_("SET idle_session_timeout = 0")  # it idles while we wait for the lock
-        pid, read_only, in_recovery = exec_(
-            "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
-            "pg_is_in_recovery()").one()
+            settings.append("SET idle_session_timeout = 0")  # it idles while we wait for the lock
+        pid, read_only, in_recovery = prepare_session(connection, settings)
         if read_only or in_recovery:  # refused before the lock, before anything runs
-            raise read_only_error(bool(in_recovery))
-        self._pid = int(pid)
+            raise read_only_error(in_recovery)
+        self._pid = pid
         target = where_env_py_connects(connection, opts)
         commit_now(connection)
         event.listen(connection, "before_cursor_execute", self._before_statement)
@@ -323,17 +337,23 @@ class Migrator:
     def _open_side(self, target: ProbeResult) -> None:
         url, table, schema = target.url, target.version_table, target.version_schema
         check_database(url, self.settings.database_url)  # before the lock, before anything
-        self.side = connect(url, timeout=self.settings.connect_timeout,
-                            application_name="safe-migrate-monitor")
-        version_num = catalog.server_version_num(self.side)
-        version = catalog.server_version(self.side)
+        if self.sessions is None:
+            self.side = connect(url, timeout=self.settings.connect_timeout,
+                                application_name=SIDE_SESSION)
+        else:
+            self.side = self.sessions.take(url, application_name=SIDE_SESSION,
+                                           timeout=self.settings.connect_timeout)
+        # libpq has both from the connection's start (ParameterStatus): no round trip.
+        version_num = self.side.info.server_version
+        version = (self.side.info.parameter_status("server_version")
+                   or catalog.server_version(self.side))
         self.db = Database(url=url, version_table=table, version_schema=schema,
                            server_version_num=version_num, server_version=version)
         self.log.info("database", url=mask(url), server_version=version,
                       version_table=f"{schema}.{table}")
         self.lock = AdvisoryLock.open(url, schema, table, timeout=self.settings.connect_timeout,
                                       run_id=self.settings.run_id, log=self.log,
-                                      interrupted=self.interrupted)
+                                      interrupted=self.interrupted, sessions=self.sessions)
         self.lock.acquire(self.settings.advisory_lock_wait)
         self.monitor = Monitor(self.side, self.interrupted,
                                interval=sample_interval(self.settings.lock_timeout))
