@@ -14,16 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy.engine import URL
 
 from runner.db import catalog, ledger
 from runner.db.connect import connect
 from runner.db.ledger import Identity
+
+if TYPE_CHECKING:  # the Django path never imports SQLAlchemy
+    from sqlalchemy.engine import URL
 
 
 class Sessions:

@@ -32,9 +32,11 @@ def _create_at_once(conns: list[psycopg.Connection[Any]]) -> list[Exception]:
     return errors
 
 
-def test_runners_creating_the_ledger_at_once_all_go_on(db, sql):
+def test_runners_creating_the_ledger_at_once_all_go_on(db, sql, monkeypatch):
     for _ in range(5):  # the race has several outcomes (pg_type, pg_class, a late check)
         sql("DROP TABLE IF EXISTS public.safe_migrate_runs")
+        # Six processes in real life: none has ensured this table yet (once per process).
+        monkeypatch.setattr(ledger, "_ENSURED", set())
         conns = [connect(db, timeout=5, application_name="ledger-race", autocommit=True)
                  for _ in range(6)]
         try:
