@@ -24,11 +24,9 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from runner.db.failures import LOCK_RACE
 from runner.urls import mask_text
 
-#: SQLSTATEs of a lost lock race: upgrade retries the migration
-#: (runner.frameworks.alembic.migrate.LOCK_RACE).
-_LOCK_RACE = ("55P03", "40P01")
 #: Fields every event carries, or that the console shows elsewhere: never repeated per line.
 _NOISE = ("event", "level", "timestamp", "run_id", "logger")
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
@@ -346,7 +344,7 @@ class ConsoleRenderer:
         why = f"SQLSTATE {state}: {event.get('message')}" if state else str(event.get("message"))
         blockers = event.get("blocking_pids") or []
         by = f" (blocked by pid {', '.join(map(str, blockers))})" if blockers else ""
-        if state in _LOCK_RACE and not event.get("partial"):
+        if state in LOCK_RACE and not event.get("partial"):
             # Expected under load: upgrade retries it (migration.retry follows) or gives up.
             return self._text(("! ", "yellow"), *self._label(event),
                               (f"  attempt {event.get('attempt')} lost a lock race: {why}{by}",

@@ -15,6 +15,10 @@ from typing import Any
 from runner.db.connect import first_line
 from runner.urls import mask_text
 
+#: A lost lock race: lock_not_available (lock_timeout), deadlock_detected. A statement that
+#: failed so, in a transaction that committed nothing, is safe to run again.
+LOCK_RACE = frozenset({"55P03", "40P01"})
+
 
 def sqlstate_of(exc: BaseException) -> str | None:
     seen: BaseException | None = exc

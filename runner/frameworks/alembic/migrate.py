@@ -45,7 +45,7 @@ from runner.db.connect import (
     first_line,
     read_only_error,
 )
-from runner.db.failures import ends_transaction, error_info, sqlstate_of
+from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
 from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor, sample_interval
 from runner.db.sessions import Sessions
@@ -77,7 +77,6 @@ from runner.settings import Settings
 from runner.urls import SQLALCHEMY_2, mask, mask_text
 
 SIDE_SESSION = "safe-migrate-monitor"  # application_name of the monitor / ledger session
-LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 # The session died under the migration: admin shutdown/terminate, crash, connection failure.
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
 

@@ -14,26 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 from typing import Any
 
 import psycopg
 
-from runner.db import catalog, objects
+from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock, lock_key
-from runner.durations import to_postgres_ms
-from runner.errors import LockBusyError, PreflightError, UsageError
+from runner.errors import LockBusyError, PreflightError
 from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
 from runner.logging import get_logger
-from runner.recovery import leftovers
+from runner.recovery import execute, leftovers
 from runner.recovery import plan as core_plan
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
-
-LOCK_RACE = frozenset({"55P03", "40P01"})
 
 
 class DjangoRecovery:
@@ -135,39 +131,12 @@ class DjangoRecovery:
                 f"{failure.failed_revision} is recorded as applied since the failure (another "
                 "run, or --fake by hand): nothing was changed; check it, then `safe-migrate "
                 f"recover {options(self.settings)} --mark-resolved`")
-        if not failure.leftovers_known:
-            raise PreflightError("the leftovers of this failure are unknown, so recover drops "
-                                 "nothing: inspect by hand, then --mark-resolved")
-        live = objects.definitions(self.conn, failure.leftovers)
-        changed = [o for o in failure.leftovers
-                   if o.key in live and o.definition and live[o.key] != o.definition]
-        if changed:
-            raise PreflightError("changed since the failure: " + ", ".join(
-                o.describe() for o in changed) + "; nothing was changed: decide by hand, then "
-                "--mark-resolved")
-        drops = [o for o in failure.leftovers if o.key in live or o.kind == "enum_value"]
-        self.conn.execute(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
-        for obj in drops:
-            statement = obj.drop_sql()
-            if not statement.lstrip().startswith("--"):
-                self._with_retries(statement)
-                self.log.info("recovery.statement", sql=statement)
-        skipped = [o.describe() for o in failure.unattributed]
-        self.history.resolve(run, "recovered", f"left alone (not the failed run's): "
-                             f"{', '.join(skipped)}" if skipped else None)
+        drops = execute.unchanged_leftovers(
+            self.conn, failure, f"safe-migrate recover {options(self.settings)} --mark-resolved")
+        execute.drop(self.conn, drops, self.settings, self.log)
+        execute.resolve_recovered(self.history, run, failure)
         self.log.info("recovery.done", status=failure.status, run=run.run_id,
                       dropped=len(drops))
-
-    def _with_retries(self, statement: str) -> None:
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
-        from tenacity import wait_exponential_jitter as jitter
-
-        for attempt in Retrying(
-                retry=retry_if_exception(lambda e: getattr(e, "sqlstate", None) in LOCK_RACE),
-                stop=stop_after_attempt(self.settings.lock_retries + 1),
-                wait=jitter(multiplier=0.5, max=10.0, jitter=0.5), reraise=True):
-            with attempt:
-                self.conn.execute(statement.encode())
 
 
 def options(settings: Settings) -> str:
@@ -187,7 +156,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                  application_name="safe-migrate-recover") as conn:
         job = DjangoRecovery(settings, connection, conn, log)
         if args.mark_resolved:
-            return _mark_resolved(job, args.note, log)
+            return execute.mark_resolved(job, args.note, log)
         past = job.unresolved() or job.last_clean_failure()
         if past is None:
             print(f"nothing to recover: no unresolved failure recorded ({job.history.origin})")
@@ -202,7 +171,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                  run=past.run_id, source=job.history.origin)
         if not args.execute:
             return 0
-        _confirm(args.yes)
+        execute.confirm(args.yes)
         if failure.status == core_plan.CLEAN_ROLLBACK:
             print("nothing to carry out: the failed migration was rolled back entirely")
             return 0
@@ -212,29 +181,3 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             lock.close()
     return 0
-
-
-def _mark_resolved(job: DjangoRecovery, note: str | None, log: Any) -> int:
-    past = job.unresolved()
-    if past is None:
-        print(f"nothing to mark: no unresolved failure recorded ({job.history.origin})")
-        return 0
-    lock = job.lock()
-    try:
-        if not job.history.still_unresolved(past):
-            raise PreflightError(f"run {past.run_id} was resolved meanwhile")
-        job.history.resolve(past, "marked-resolved", note)
-    finally:
-        lock.close()
-    print(f"run {past.run_id} ({past.outcome}) marked resolved")
-    log.info("recovery.marked_resolved", run=past.run_id, note=note)
-    return 0
-
-
-def _confirm(yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("recover --execute needs --yes when not run interactively")
-    if input("Carry out this plan? Type 'yes' to continue: ").strip().lower() != "yes":
-        raise UsageError("recovery not confirmed; nothing was changed")

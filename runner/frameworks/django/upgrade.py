@@ -27,7 +27,7 @@ from runner import __version__
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
-from runner.db.failures import ends_transaction
+from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
 from runner.db.ledger import parse_table
 from runner.db.lock import AdvisoryLock, lock_key
 from runner.db.monitor import Monitor, sample_interval
@@ -51,7 +51,6 @@ from runner.recovery.recorder import Recorder
 from runner.settings import Settings
 from runner.urls import mask, mask_text
 
-LOCK_RACE = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
 _READS = ("select", "show", "set ")  # statements taken to change nothing (WITH can write)
 _IDLE = 0  # libpq's PQTRANS_IDLE (psycopg 3 and psycopg2 alike): no transaction open
@@ -337,8 +336,6 @@ class DjangoUpgrade:
             raise InterruptedRunError("interrupted while waiting to retry")
 
     def _lost_lock_race(self, step: Step, exc: BaseException) -> bool:
-        from runner.db.failures import sqlstate_of
-
         return (step.transactional and step.outcome == "failed" and not step.partial
                 and not self.interrupted.is_set() and sqlstate_of(exc) in LOCK_RACE)
 
@@ -367,8 +364,6 @@ class DjangoUpgrade:
                 state.apps  # noqa: B018 - render the models once, as Django's executor does
             state = self.executor.apply_migration(state, migration)
         except BaseException as exc:
-            from runner.db.failures import error_info
-
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
             self._end_broken_atomic()
@@ -504,8 +499,6 @@ class DjangoUpgrade:
                                     f"{first_line(mask_text(str(exc)))}")
         if isinstance(exc, PartialApplyError):  # _broken_atomic: it says what happened
             return exc
-        from runner.db.failures import error_info
-
         info = step.error or error_info(exc, step.path)
         where = f"migration {step.id} ({info['file']}:{info['line']})" if info.get(
             "line") else f"migration {step.id} ({step.path})"

@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 from typing import Any
 
 import psycopg
 from alembic import command
 
-from runner.db import catalog, objects
+from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock
-from runner.durations import to_postgres_ms
-from runner.errors import LockBusyError, PreflightError, UsageError
-from runner.frameworks.alembic.migrate import LOCK_RACE
+from runner.errors import LockBusyError, PreflightError
 from runner.frameworks.alembic.planning.history import applied, read_source
 from runner.frameworks.alembic.planning.offline import downgrade_template
 from runner.frameworks.alembic.probe import ProbeResult, probe
 from runner.frameworks.alembic.project import Project, load_project
 from runner.logging import get_logger
-from runner.recovery import leftovers
+from runner.recovery import execute, leftovers
 from runner.recovery import plan as recovery
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
@@ -171,58 +168,18 @@ class Recovery:
 
     def carry_out(self, run: PastRun, failure: recovery.Failure,
                   plan: recovery.RecoveryPlan) -> None:
-        if not failure.leftovers_known:
-            raise PreflightError("the leftovers of this failure are unknown, so recover drops "
-                                 "nothing: inspect the database by hand (the plan's queries), "
-                                 "then `safe-migrate recover --mark-resolved`")
-        drops = self._unchanged(failure)
-        self.conn.execute(f"SET lock_timeout = '{to_postgres_ms(self.settings.lock_timeout)}'")
-        for obj in drops:
-            statement = obj.drop_sql()
-            if statement.lstrip().startswith("--"):
-                continue
-            self._with_retries(statement)
-            self.log.info("recovery.statement", sql=statement)
+        drops = execute.unchanged_leftovers(self.conn, failure,
+                                            "safe-migrate recover --mark-resolved")
+        execute.drop(self.conn, drops, self.settings, self.log)
         stamp = plan.stamp_target or "base"
         if self.heads() != stamp.split() and not (stamp == "base" and not self.heads()):
             revisions = stamp.split()
             command.stamp(self.project.config,
                           revisions[0] if len(revisions) == 1 else revisions, purge=True)
             self.log.info("recovery.stamped", revision=stamp)
-        skipped = [o.describe() for o in failure.unattributed]
-        note = f"left alone (not the failed run's): {', '.join(skipped)}" if skipped else None
-        self.history.resolve(run, "recovered", note)
+        execute.resolve_recovered(self.history, run, failure)
         self.log.info("recovery.done", status=plan.status, stamp_target=plan.stamp_target,
                       run=run.run_id, dropped=len(drops))
-
-    def _unchanged(self, failure: recovery.Failure) -> list[objects.Recorded]:
-        """The recorded leftovers still there as recorded; any that changed since: exit 3."""
-        live = objects.definitions(self.conn, failure.leftovers)
-        changed = [o for o in failure.leftovers
-                   if o.key in live and o.definition and live[o.key] != o.definition]
-        if changed:
-            raise PreflightError(
-                "changed since the failure, so not the failed run's alone any more: "
-                + ", ".join(o.describe() for o in changed) + "; nothing was changed: "
-                "decide by hand, then `safe-migrate recover --mark-resolved`")
-        return [o for o in failure.leftovers if o.key in live or o.kind == "enum_value"]
-
-    def _with_retries(self, statement: str) -> None:
-        from tenacity import (
-            Retrying,
-            retry_if_exception,
-            stop_after_attempt,
-            wait_exponential_jitter,
-        )
-
-        for attempt in Retrying(
-                retry=retry_if_exception(
-                    lambda exc: getattr(exc, "sqlstate", None) in LOCK_RACE),
-                stop=stop_after_attempt(self.settings.lock_retries + 1),
-                wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
-                reraise=True):
-            with attempt:
-                self.conn.execute(statement.encode())
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -233,7 +190,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                  application_name="safe-migrate-recover") as conn:
         job = Recovery(settings, project, found, conn, log)
         if args.mark_resolved:
-            return _mark_resolved(job, args.note, log)
+            return execute.mark_resolved(job, args.note, log)
         run_ = job.unresolved() or job.last_clean_failure()
         if run_ is None:
             _nothing(job, log)
@@ -247,7 +204,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                  run=run_.run_id, source=job.history.origin)
         if not args.execute:
             return 0
-        _confirm(args.yes)
+        execute.confirm(args.yes)
         if failure.status == recovery.CLEAN_ROLLBACK:
             print("nothing to carry out: the failed migration was rolled back entirely")
             return 0
@@ -270,35 +227,7 @@ def _nothing(job: Recovery, log: Any) -> None:
     log.info("recovery.nothing", source=job.history.origin, unrecorded=len(others))
 
 
-def _mark_resolved(job: Recovery, note: str | None, log: Any) -> int:
-    run_ = job.unresolved()
-    if run_ is None:
-        print(f"nothing to mark: no unresolved failure recorded ({job.history.origin})")
-        return 0
-    lock = job.lock()
-    try:
-        if not job.history.still_unresolved(run_):
-            raise PreflightError(f"run {run_.run_id} was resolved meanwhile")
-        job.history.resolve(run_, "marked-resolved", note)
-    finally:
-        lock.close()
-    print(f"run {run_.run_id} ({run_.outcome}) marked resolved")
-    log.info("recovery.marked_resolved", run=run_.run_id, note=note)
-    return 0
-
-
 def _heads_before_step(down: Any) -> list[str]:
     if isinstance(down, list):
         return [str(d) for d in down]
     return [str(down)] if down else []
-
-
-def _confirm(yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("recover --execute needs --yes when not run interactively")
-    answer = input("Carry out this plan? Type 'yes' to continue: ")
-    if answer.strip().lower() != "yes":
-        raise UsageError("recovery not confirmed; nothing was changed")
-

@@ -1,0 +1,107 @@
+"""Carrying out a recovery plan, for every framework: confirm, drop the recorded leftovers
+that are still as recorded (with lock_timeout and upgrade's retries), record a fix made by
+hand. The adapters say only what differs: which lock, what "applied" means, the stamp.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+import psycopg
+
+from runner.db import objects
+from runner.db.failures import LOCK_RACE
+from runner.db.lock import AdvisoryLock
+from runner.durations import to_postgres_ms
+from runner.errors import PreflightError, UsageError
+from runner.recovery.plan import Failure
+from runner.recovery.runs import PastRun, RunHistory
+from runner.settings import Settings
+
+
+class Recovering(Protocol):
+    """What both adapters' recovery jobs offer the shared steps."""
+
+    history: RunHistory
+
+    def unresolved(self) -> PastRun | None: ...
+
+    def lock(self) -> AdvisoryLock: ...
+
+
+def confirm(yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("recover --execute needs --yes when not run interactively")
+    if input("Carry out this plan? Type 'yes' to continue: ").strip().lower() != "yes":
+        raise UsageError("recovery not confirmed; nothing was changed")
+
+
+def mark_resolved(job: Recovering, note: str | None, log: Any) -> int:
+    """`recover --mark-resolved`: under the lock, the last unresolved failure is resolved."""
+    run = job.unresolved()
+    if run is None:
+        print(f"nothing to mark: no unresolved failure recorded ({job.history.origin})")
+        return 0
+    lock = job.lock()
+    try:
+        if not job.history.still_unresolved(run):
+            raise PreflightError(f"run {run.run_id} was resolved meanwhile")
+        job.history.resolve(run, "marked-resolved", note)
+    finally:
+        lock.close()
+    print(f"run {run.run_id} ({run.outcome}) marked resolved")
+    log.info("recovery.marked_resolved", run=run.run_id, note=note)
+    return 0
+
+
+def unchanged_leftovers(conn: psycopg.Connection[Any], failure: Failure,
+                        mark_resolved_command: str) -> list[objects.Recorded]:
+    """The recorded leftovers still there as recorded; none at all when they are unknown, and
+    any that changed since: exit 3, nothing changed."""
+    if not failure.leftovers_known:
+        raise PreflightError("the leftovers of this failure are unknown, so recover drops "
+                             "nothing: inspect the database by hand (the plan's queries), "
+                             f"then `{mark_resolved_command}`")
+    live = objects.definitions(conn, failure.leftovers)
+    changed = [o for o in failure.leftovers
+               if o.key in live and o.definition and live[o.key] != o.definition]
+    if changed:
+        raise PreflightError(
+            "changed since the failure, so not the failed run's alone any more: "
+            + ", ".join(o.describe() for o in changed) + "; nothing was changed: "
+            f"decide by hand, then `{mark_resolved_command}`")
+    return [o for o in failure.leftovers if o.key in live or o.kind == "enum_value"]
+
+
+def drop(conn: psycopg.Connection[Any], leftovers: list[objects.Recorded], settings: Settings,
+         log: Any) -> None:
+    """Each leftover's DROP, bounded by lock_timeout and retried on a lost lock race: recovery
+    never queues production traffic behind a DROP."""
+    conn.execute(f"SET lock_timeout = '{to_postgres_ms(settings.lock_timeout)}'")
+    for obj in leftovers:
+        statement = obj.drop_sql()
+        if statement.lstrip().startswith("--"):
+            continue
+        _with_retries(conn, statement, settings.lock_retries)
+        log.info("recovery.statement", sql=statement)
+
+
+def resolve_recovered(history: RunHistory, run: PastRun, failure: Failure) -> None:
+    skipped = [o.describe() for o in failure.unattributed]
+    note = f"left alone (not the failed run's): {', '.join(skipped)}" if skipped else None
+    history.resolve(run, "recovered", note)
+
+
+def _with_retries(conn: psycopg.Connection[Any], statement: str, retries: int) -> None:
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt
+    from tenacity import wait_exponential_jitter as jitter
+
+    for attempt in Retrying(
+            retry=retry_if_exception(lambda exc: getattr(exc, "sqlstate", None) in LOCK_RACE),
+            stop=stop_after_attempt(retries + 1),
+            wait=jitter(multiplier=0.5, max=10.0, jitter=0.5), reraise=True):
+        with attempt:
+            conn.execute(statement.encode())
