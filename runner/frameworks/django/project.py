@@ -3,6 +3,7 @@ refusals (exit 3) that name the fix command."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -235,3 +236,19 @@ class Applied:
         for app, name in sorted(self.keys):
             last[app] = name
         return [f"{app}.{name}" for app, name in sorted(last.items())]
+
+
+def end_broken_atomic(conn: Any) -> None:
+    """A failure in the deferred SQL (foreign keys, indexes) raises from the schema editor's
+    __exit__ before it closes its atomic block: the transaction stays open and aborted. Roll
+    it back and give the connection back its autocommit state (upgrade and verify alike)."""
+    if not conn.in_atomic_block:
+        return
+    with contextlib.suppress(Exception):
+        conn.connection.rollback()
+    conn.in_atomic_block = False
+    conn.needs_rollback = False
+    conn.savepoint_ids = []
+    conn.commit_on_exit = True
+    with contextlib.suppress(Exception):
+        conn.set_autocommit(True)

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from runner import __version__
-from runner.artifacts import Artifacts, Journal, write_termination_log
+from runner.artifacts import Artifacts, Journal, pre_step_file, write_termination_log
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
 from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
@@ -366,7 +366,7 @@ class DjangoUpgrade:
         except BaseException as exc:
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
-            self._end_broken_atomic()
+            dj.end_broken_atomic(self.connection)
             step.partial = (self.broke_transaction if step.transactional
                             else self._left_something(step))
             self._unwatch(step)
@@ -397,22 +397,6 @@ class DjangoUpgrade:
             "(atomic = True): what it did is no longer one unit (part of it may have been "
             "undone or committed apart from its django_migrations row); it is recorded as "
             "applied, but check it: see the recovery plan", revision=step.id)
-
-    def _end_broken_atomic(self) -> None:
-        """A failure in the deferred SQL (foreign keys, indexes) raises from the schema
-        editor's __exit__ before it closes its atomic block: the transaction stays open and
-        aborted. Roll it back and give the connection back its autocommit state."""
-        conn = self.connection
-        if not conn.in_atomic_block:
-            return
-        with contextlib.suppress(Exception):
-            conn.connection.rollback()
-        conn.in_atomic_block = False
-        conn.needs_rollback = False
-        conn.savepoint_ids = []
-        conn.commit_on_exit = True
-        with contextlib.suppress(Exception):
-            conn.set_autocommit(True)
 
     def _statement(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
                    context: dict[str, Any]) -> Any:
@@ -459,8 +443,9 @@ class DjangoUpgrade:
                 f"lost the runner's own session before migration {step.id}, so what it could "
                 f"leave behind cannot be recorded: it did not start "
                 f"({first_line(mask_text(str(exc)))})", revision=step.id) from None
-        self.artifacts.write_text(f"pre-step-{step.id}.json", json.dumps(self.recorder.running))
-        self._write_run(None, running=step.id)
+        # With the journal naming the step, what a killed run's artifacts say it was doing
+        # (artifacts.load_run): run.json is not rewritten per step.
+        self.artifacts.write_text(pre_step_file(step.id), json.dumps(self.recorder.running))
 
     def _check_lock(self, step: Step) -> None:
         assert self.lock is not None
@@ -669,7 +654,7 @@ class DjangoUpgrade:
         return snap.text
 
     def _write_run(self, error: SafeMigrateError | None, *, final: bool = False,
-                   running: str | None = None, heads_after: list[str] | None = None) -> None:
+                   heads_after: list[str] | None = None) -> None:
         import django
 
         code = (int(error.exit_code) if error else 0) if final else None
@@ -688,7 +673,8 @@ class DjangoUpgrade:
             "ended_at": None if code is None else datetime.now(UTC).isoformat(),
             "outcome": "running" if code is None else _outcome(ExitCode(code)),
             "exit_code": code, "error": error.message if error else None,
-            "running_revision": running, "heads_before": self.heads_before,
+            "running_revision": None,  # while it runs: the journal (progress.json)
+            "heads_before": self.heads_before,
             "heads_after": heads_after,
             "migrations": [s.to_dict() for s in self.steps if s.attempts],
             "pending": [s.id for s in self.steps if not s.attempts],

@@ -11,7 +11,6 @@ The scratch database is the Alembic path's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -61,26 +60,13 @@ class Stairway:
             fn()
         except Exception as exc:  # noqa: BLE001 - a migration can raise anything
             error = describe_error(exc)
-            _end_broken_atomic(self.connection)
+            dj.end_broken_atomic(self.connection)
         self.log.info("verify.step", revision=name, direction=direction, ok=error is None,
                       duration_ms=round((time.monotonic() - started) * 1000))
         if error is not None:
             self.failures.append(Failure(name, direction, error))
             self.log.error("verify.failed", revision=name, direction=direction, error=error)
         return error is None
-
-
-def _end_broken_atomic(conn: Any) -> None:
-    """As upgrade's: a failure in deferred SQL leaves the atomic block open and aborted."""
-    if not conn.in_atomic_block:
-        return
-    with contextlib.suppress(Exception):
-        conn.connection.rollback()
-    conn.in_atomic_block = False
-    conn.needs_rollback = False
-    conn.savepoint_ids = []
-    with contextlib.suppress(Exception):
-        conn.set_autocommit(True)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
