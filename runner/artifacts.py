@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runner.errors import UsageError
+from runner.errors import SafeMigrateError, UsageError
 
 RUN_FILE = "run.json"
 # Rewritten at every migration's start (see Journal), while run.json (all migrations so far)
@@ -52,6 +52,35 @@ class Artifacts:
             raise
         self.unwritten.pop(name, None)  # written after all (run.json, rewritten as it goes)
         return path
+
+    def write_run(self, data: dict[str, Any], *, final: bool, recorded: bool) -> None:
+        """run.json, rewritten compact while the run goes and indented at its end. On a full
+        disk the run goes on when something else records it (`recorded`: the ledger, a run
+        that is over or failed); else the error stands: no step starts unrecorded."""
+        try:
+            self.write_json(RUN_FILE, data, compact=not final)
+        except OSError:
+            if not (recorded or final):
+                raise
+
+    def report_unwritten(self, log: Any, error: SafeMigrateError | None,
+                         ledger: str | None) -> None:
+        """Artifacts a full disk (or a lost mount) kept out: one event, and the run's one-line
+        error says which and where the recovery plan is instead (`ledger`, when it holds the
+        run's outcome)."""
+        if not self.unwritten:
+            return
+        files = sorted(self.unwritten)
+        reason = sorted(set(self.unwritten.values()))
+        where = (f"the run and its recovery plan are in the ledger {ledger}: run "
+                 "`safe-migrate recover`" if ledger is not None
+                 else "run `safe-migrate recover` to rebuild the plan from the database")
+        line = (f"artifacts not written to {self.directory} "
+                f"({'; '.join(reason)}): {', '.join(files)}; {where}")
+        log.error("artifacts.unwritten", files=files, reason="; ".join(reason),
+                  directory=str(self.directory), message=line)
+        if error is not None:
+            error.message = f"{error.message}; {line}"
 
     def write_json(self, name: str, data: Any, *, compact: bool = False) -> Path:
         """Indented for people; `compact` for the rewrites while a run goes (~5x faster on

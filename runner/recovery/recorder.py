@@ -7,14 +7,17 @@ connection and the version table, never Alembic itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from runner.artifacts import Artifacts, pre_step_file
 from runner.db import ledger as ledger_mod
 from runner.db import objects
 from runner.db.ledger import Identity, Ledger
+from runner.errors import UsageError
 from runner.recovery import leftovers
 from runner.recovery.plan import PARTIAL_APPLY, Failure
 from runner.recovery.runs import PastRun, refusal, still_open
@@ -27,6 +30,7 @@ class Recorder:
         self.conn: psycopg.Connection[Any] | None = None
         self.identity: Identity | None = None
         self.ledger: Ledger | None = None
+        self.finished = False  # the ledger row holds the outcome (and any plan)
         self.pre_step: dict[str, objects.Existing] = {}
         self.running: dict[str, Any] | None = None
 
@@ -75,6 +79,20 @@ class Recorder:
         if self.ledger is not None:
             self.ledger.update(self.run_id, running=self.running)
 
+    def keep(self, artifacts: Artifacts, revision: str) -> None:
+        """The record of the step about to run in `pre-step-<rev>.json` too: with the journal
+        naming the step, what a killed run's artifacts say it was doing (artifacts.load_run).
+        With the ledger off it is the only record, so a step it cannot be written for (a
+        full disk) does not start (exit 2); with the ledger the run goes on."""
+        try:
+            artifacts.write_text(pre_step_file(revision), json.dumps(self.running))
+        except OSError as exc:
+            if self.ledger is None:
+                raise UsageError(
+                    f"cannot record what migration {revision} could leave behind in "
+                    f"{artifacts.directory} ({exc.strerror}), and the ledger is off "
+                    "(--no-ledger): it did not start", revision=revision) from None
+
     def failure(self, *, status: str, revision: str | None, down_revision: Any,
                 path: str | None, heads: list[str], error: str | None,
                 expected: list[str] | None = None, line: int | None = None) -> Failure:
@@ -103,4 +121,10 @@ class Recorder:
     def finish(self, **fields: Any) -> None:
         if self.ledger is not None:
             self.ledger.finish(self.run_id, **fields)
+            self.finished = True
+
+    @property
+    def where_recorded(self) -> str | None:
+        """The ledger that holds the run's outcome and any recovery plan, once it does."""
+        return self.ledger.qualified if self.ledger is not None and self.finished else None
 

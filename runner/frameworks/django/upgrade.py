@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import psycopg
 
 from runner import __version__
-from runner.artifacts import Artifacts, Journal, pre_step_file, write_termination_log
+from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
 from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
@@ -443,9 +442,7 @@ class DjangoUpgrade:
                 f"lost the runner's own session before migration {step.id}, so what it could "
                 f"leave behind cannot be recorded: it did not start "
                 f"({first_line(mask_text(str(exc)))})", revision=step.id) from None
-        # With the journal naming the step, what a killed run's artifacts say it was doing
-        # (artifacts.load_run): run.json is not rewritten per step.
-        self.artifacts.write_text(pre_step_file(step.id), json.dumps(self.recorder.running))
+        self.recorder.keep(self.artifacts, step.id)
 
     def _check_lock(self, step: Step) -> None:
         assert self.lock is not None
@@ -483,6 +480,11 @@ class DjangoUpgrade:
             return SafeMigrateError(f"unexpected error: {type(exc).__name__}: "
                                     f"{first_line(mask_text(str(exc)))}")
         if isinstance(exc, PartialApplyError):  # _broken_atomic: it says what happened
+            return exc
+        if isinstance(exc, SafeMigrateError) and step.outcome == "running":
+            # Raised before the migration's body ran (its record could not be kept, the
+            # runner's session was lost): it did not start; the error says so, with its code.
+            step.outcome = "pending"
             return exc
         info = step.error or error_info(exc, step.path)
         where = f"migration {step.id} ({info['file']}:{info['line']})" if info.get(
@@ -559,6 +561,7 @@ class DjangoUpgrade:
             self._close()
             applied = sum(1 for s in self.steps if s.outcome == "applied")
             self._write_run(error, final=True, heads_after=heads_after)
+            self.artifacts.report_unwritten(self.log, error, self.recorder.where_recorded)
             self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
                           applied=applied)
             write_termination_log(self.settings.termination_log,
@@ -680,7 +683,9 @@ class DjangoUpgrade:
             "pending": [s.id for s in self.steps if not s.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
-        self.artifacts.write_json("run.json", data, compact=not final)
+        # A full disk mid-run: the ledger holds the run; said once at its end.
+        self.artifacts.write_run(data, final=final, recorded=self.recorder.ledger is not None
+                                 or self.failure is not None)
 
 
 def _ms_since(start: float) -> int:

@@ -314,3 +314,51 @@ def test_model_changes_without_a_migration_warn_or_refuse(django_project, sql):
     [event] = warned.named("preflight.model_changes")
     assert event["apps"] == {"shop": ["0004_product_weight"]}
     assert event["fix"] == "python manage.py makemigrations shop"
+
+
+FILL = '''import os
+
+from django.db import migrations
+
+
+def fill(apps, schema_editor):
+    with open(os.path.join(os.environ["SM_FILL"], "filler"), "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_product_sku_idx")]
+    operations = [migrations.RunPython(fill, migrations.RunPython.noop)]
+'''
+
+NEVER = '''from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("shop", "0004_fill")]
+    operations = [migrations.RunSQL("CREATE TABLE never (id int)", "DROP TABLE never")]
+'''
+
+
+def test_without_the_ledger_a_non_atomic_migration_that_cannot_be_recorded_does_not_start(
+        django_project, sql, small_disk, monkeypatch):
+    """--no-ledger on a full disk: the artifacts would be the only record of what the
+    non-atomic migration could leave behind, so it does not start (exit 2, as on the
+    Alembic path); the atomic one before it stays applied."""
+    django_project.migration("shop", "0004_fill", FILL)
+    django_project.migration("shop", "0005_never", NEVER)
+    django_project.artifacts = small_disk / "artifacts"
+    monkeypatch.setenv("SM_FILL", str(small_disk))
+    result = django_project.run("upgrade", "--no-ledger", "--no-schema-diff", "--lint", "off")
+    message = result.error()
+    assert result.code == 2, message
+    assert "shop.0005_never" in message and "did not start" in message
+    assert "No space left on device" in message
+    assert sql("SELECT to_regclass('never') IS NULL") == [(True,)]
+    assert sql("SELECT name FROM django_migrations WHERE app = 'shop' ORDER BY id DESC "
+               "LIMIT 1") == [("0004_fill",)]

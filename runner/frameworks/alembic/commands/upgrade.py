@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -21,7 +20,7 @@ from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
 
 from runner import __version__, console, github
-from runner.artifacts import Artifacts, Journal, pre_step_file, write_termination_log
+from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
 from runner.db.ledger import Identity, parse_table
@@ -199,7 +198,6 @@ class UpgradeJob:
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
         self.allow_drift: bool = args.allow_drift
         self.recorder = Recorder(settings.run_id, log=log)
-        self.outcome_recorded = False  # the ledger row holds the outcome (and any plan)
         self.failure: Failure | None = None
         # The heads verification read, under the lock the run still holds: the ledger's
         # heads_after without reading them again.
@@ -284,18 +282,7 @@ class UpgradeJob:
                     f"lost the runner's own session before migration {record.revision}, so "
                     "what it could leave behind cannot be recorded: it did not start "
                     f"({first_line(mask_text(str(exc)))})", revision=record.revision) from None
-            # Compact: a few hundred OIDs. With the journal naming the step, it is what a
-            # killed run's artifacts say it was doing (artifacts.load_run).
-            try:
-                self.artifacts.write_text(pre_step_file(record.revision),
-                                          json.dumps(self.recorder.running))
-            except OSError as exc:
-                if self.recorder.ledger is None:  # then nothing would record it: no start
-                    raise UsageError(
-                        f"cannot record what migration {record.revision} could leave behind "
-                        f"in {self.artifacts.directory} ({exc.strerror}), and the ledger is "
-                        "off (--no-ledger): it did not start", revision=record.revision
-                    ) from None
+            self.recorder.keep(self.artifacts, record.revision)
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, expected: list[str]) -> int:
@@ -380,8 +367,7 @@ class UpgradeJob:
                 self.journal.close()
             applied = len(self.migrator.applied)
             self._write_run(error, final=True)
-            if self.artifacts.unwritten:
-                self._report_unwritten(error)
+            self.artifacts.report_unwritten(self.log, error, self.recorder.where_recorded)
             self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
                           applied=applied)
             summary = (f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} applied"
@@ -389,22 +375,6 @@ class UpgradeJob:
             write_termination_log(self.settings.termination_log, summary)
             github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
-
-    def _report_unwritten(self, error: SafeMigrateError | None) -> None:
-        """Artifacts a full disk (or a lost mount) kept out: one event, and the run's one-line
-        error says which and where the recovery plan is instead."""
-        files = sorted(self.artifacts.unwritten)
-        reason = sorted(set(self.artifacts.unwritten.values()))
-        ledger = self.recorder.ledger
-        where = (f"the run and its recovery plan are in the ledger {ledger.qualified}: run "
-                 "`safe-migrate recover`" if ledger is not None and self.outcome_recorded
-                 else "run `safe-migrate recover` to rebuild the plan from the database")
-        line = (f"artifacts not written to {self.artifacts.directory} "
-                f"({'; '.join(reason)}): {', '.join(files)}; {where}")
-        self.log.error("artifacts.unwritten", files=files, reason="; ".join(reason),
-                       directory=str(self.artifacts.directory), message=line)
-        if error is not None:
-            error.message = f"{error.message}; {line}"
 
     def _record_failure(self, error: SafeMigrateError | None,
                         expected: list[str]) -> Failure:
@@ -463,7 +433,6 @@ class UpgradeJob:
                              is not None else list(self.migrator.read_heads() or ())),
                 steps=[r.to_dict() for r in self.migrator.records.values() if r.attempts],
                 recovery=self.failure.to_dict() if self.failure else None)
-            self.outcome_recorded = True
         except (psycopg.Error, SafeMigrateError) as exc:
             # The local artifacts still hold it all; recover falls back to them.
             self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
@@ -536,12 +505,9 @@ class UpgradeJob:
             "pending": [r.revision for r in self.migrator.records.values() if not r.attempts],
             "recovery": self.failure.to_dict() if self.failure else None,
         }
-        try:
-            self.artifacts.write_json("run.json", data, compact=not final)
-        except OSError:
-            if self.recorder.ledger is None and not final and self.failure is None:
-                raise  # nothing else records the run: no step starts unrecorded
-            # A full disk mid-run: the ledger holds the run; said once at its end.
+        # A full disk mid-run: the ledger holds the run; said once at its end.
+        self.artifacts.write_run(data, final=final, recorded=self.recorder.ledger is not None
+                                 or self.failure is not None)
 
 
 def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:
