@@ -201,6 +201,19 @@ def take_snapshot(pg_dump: Path, url: URL, exclude_tables: Sequence[TableName], 
     return Snapshot(text=normalize(raw), seconds=time.monotonic() - started)
 
 
+def start_snapshot(pg_dump: Path, url: URL, exclude_tables: Sequence[TableName], *,
+                   lock_wait_timeout: float | None = None) -> Future[Snapshot]:
+    """take_snapshot in the background: pg_dump runs while the caller does its own work.
+    The caller must have the result before anything changes the schema (pg_dump's
+    ACCESS SHARE locks would also hold up the first migration's DDL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+    try:
+        return pool.submit(take_snapshot, pg_dump, url, exclude_tables,
+                           lock_wait_timeout=lock_wait_timeout)
+    finally:
+        pool.shutdown(wait=False)
+
+
 # -- normalizing -------------------------------------------------------------------------------
 
 _DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -12,7 +13,7 @@ import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import alembic
 import psycopg
@@ -57,6 +58,9 @@ from runner.recovery.plan import (
 from runner.recovery.recorder import Recorder
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.urls import mask, mask_text, psql_url
+
+if TYPE_CHECKING:
+    from runner.schema.snapshot import Snapshot
 
 #: The common options upgrade reads (runner.settings.add_common_options).
 COMMON_OPTIONS = ("embedded", "connect_timeout", "lock_timeout", "statement_timeout",
@@ -120,6 +124,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                          args.lint_rules)
         job = UpgradeJob(settings, project, artifacts, log, finding, interrupted, args)
         job.lint_findings = findings
+        job.expect_pending = set(heads) != set(expected)
         job.migrator = Migrator(project, settings, history, settings.target, log=log,
                                 interrupted=interrupted, hooks=job)
         return job.execute(list(expected))
@@ -193,6 +198,10 @@ class UpgradeJob:
         self.interrupted = interrupted
         self.started = datetime.now(UTC)
         self.before: str | None = None
+        # The before-snapshot, started once the lock is held (see connected()).
+        self.taking_before: Future[Snapshot] | None = None
+        # The survey saw revisions to run: worth starting that snapshot early.
+        self.expect_pending = True
         self.invalid_before: set[tuple[str, str]] = set()
         self.journal: Journal | None = None
         self.expected_schema = Path(args.expected_schema) if args.expected_schema else None
@@ -223,6 +232,13 @@ class UpgradeJob:
             # configuration error (exit 2).
             self.pg_dump = self.finding.result()
             snapshot.check_pg_dump(self.pg_dump, db.server_version_num)
+            if self.expect_pending or self.expected_schema is not None:
+                # Under the lock, so no other runner's migration waits on pg_dump's locks;
+                # it runs while the ledger, alembic and the plan get ready (tens of ms), and
+                # starting() waits for it before the first migration.
+                self.taking_before = snapshot.start_snapshot(
+                    self.pg_dump, db.url, self._excluded(db),
+                    lock_wait_timeout=self._snapshot_lock_wait)
         # Under the advisory lock: the run's ledger row, before anything runs.
         self.recorder.open(side, version_schema=db.version_schema, version_table=db.version_table,
                            ledger_table=self.settings.ledger_table,
@@ -245,7 +261,11 @@ class UpgradeJob:
             _refuse_invalid_names(invalid, pending)
             self.journal = self.artifacts.journal()
         if pending or self.expected_schema is not None:
-            self.before = self._snapshot("schema-before.sql", "before")
+            self.before = self._snapshot("schema-before.sql", "before", self.taking_before)
+        elif self.taking_before is not None:
+            # Another runner did the work since the survey: no snapshot is needed after all.
+            with contextlib.suppress(Exception):
+                self.taking_before.result()
         self._check_drift(db_heads)  # PreflightError -> exit 3, nothing ran
         self._write_run(None)
 
@@ -437,17 +457,25 @@ class UpgradeJob:
             # The local artifacts still hold it all; recover falls back to them.
             self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
 
-    def _snapshot(self, name: str, label: str) -> str | None:
+    def _excluded(self, db: Database) -> list[tuple[str | None, str]]:
+        # The runner's bookkeeping is no part of the schema (the ledger's default place
+        # even with --no-ledger: an earlier run may have created it).
+        return [(db.version_schema, db.version_table),
+                parse_table(self.settings.ledger_table, db.version_schema)]
+
+    @property
+    def _snapshot_lock_wait(self) -> float:
+        return max(self.settings.lock_timeout, 5.0)
+
+    def _snapshot(self, name: str, label: str,
+                  started: Future[Snapshot] | None = None) -> str | None:
         if self.pg_dump is None or self.db is None:
             return None
         from runner.schema import snapshot
 
-        # The runner's bookkeeping is no part of the schema (the ledger's default place
-        # even with --no-ledger: an earlier run may have created it).
-        exclude = [(self.db.version_schema, self.db.version_table),
-                   parse_table(self.settings.ledger_table, self.db.version_schema)]
-        snap = snapshot.take_snapshot(self.pg_dump, self.db.url, exclude,
-                                      lock_wait_timeout=max(self.settings.lock_timeout, 5.0))
+        snap = started.result() if started is not None else snapshot.take_snapshot(
+            self.pg_dump, self.db.url, self._excluded(self.db),
+            lock_wait_timeout=self._snapshot_lock_wait)
         self.artifacts.write_text(name, snap.text)
         self.log.info("schema.snapshot", which=label, file=name,
                       duration_ms=round(snap.seconds * 1000), bytes=len(snap.text))
