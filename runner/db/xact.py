@@ -8,6 +8,9 @@ BEGIN (the simple query protocol takes both in one message), it costs nothing mo
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 from sqlalchemy.engine import Connection
@@ -59,26 +62,36 @@ def begin_command(raw: psycopg.Connection[object]) -> bytes:
 
 
 SESSION_QUERY = ("SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on', "
-                 "pg_is_in_recovery()")
+                 "pg_is_in_recovery(), array_to_json(current_schemas(false))::text")
 
 
-def prepare_session(connection: Connection, settings: list[str]) -> tuple[int, bool, bool]:
-    """Apply `settings` (the run's SETs) to the migration session and return its backend pid,
-    whether it is read-only and whether the server is in recovery: one round trip on
-    psycopg (one simple-query message), one per statement on any other driver."""
+@dataclass(frozen=True)
+class Session:
+    """The migration session, as env.py left it."""
+
+    pid: int
+    read_only: bool
+    in_recovery: bool
+    schemas: tuple[str, ...]  # its search path (existing schemas): where unqualified names go
+
+
+def prepare_session(connection: Connection, settings: list[str]) -> Session:
+    """Apply `settings` (the run's SETs) to the migration session and describe it: one round
+    trip on psycopg (one simple-query message), one per statement on any other driver."""
     raw = connection.connection.driver_connection
     if (isinstance(raw, psycopg.Connection)
             and raw.info.transaction_status == TransactionStatus.IDLE):
         result = raw.pgconn.exec_("; ".join([*settings, SESSION_QUERY]).encode())
         if result.status == ExecStatus.TUPLES_OK and result.ntuples == 1:
-            pid, read_only, recovery = (result.get_value(0, i) for i in range(3))
+            pid, read_only, recovery, schemas = (result.get_value(0, i) for i in range(4))
             if pid is not None:
-                return int(pid), read_only == b"t", recovery == b"t"
+                return Session(int(pid), read_only == b"t", recovery == b"t",
+                               tuple(json.loads(schemas or b"[]")))
         if raw.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             raw.pgconn.exec_(b"ROLLBACK")
     # Any other driver, or the fast path failed: the ordinary path, which also raises the
     # error SQLAlchemy would.
     for statement in settings:
         connection.exec_driver_sql(statement)
-    pid, read_only, recovery = connection.exec_driver_sql(SESSION_QUERY).one()
-    return int(pid), bool(read_only), bool(recovery)
+    pid, read_only, recovery, schemas = connection.exec_driver_sql(SESSION_QUERY).one()
+    return Session(int(pid), bool(read_only), bool(recovery), tuple(json.loads(schemas or "[]")))

@@ -428,6 +428,31 @@ def test_a_re_run_over_an_invalid_index_is_refused(make_project, db, sql, run_cl
     assert version_of(sql) == ["r1"]
 
 
+def test_another_tenants_invalid_index_of_the_same_name_is_no_trap(make_project, db, sql,
+                                                                   run_cli, tmp_path, logs):
+    """Schema per tenant: tenant a's failed run left INVALID a.ix_items_name; tenant b's run of
+    the same history creates its own b.ix_items_name and is not refused (it was exit 3); a's
+    re-run still is."""
+    sql("CREATE SCHEMA a; CREATE SCHEMA b")
+    project = make_project(DUPLICATES, env_style="tenant")
+    assert run_cli(cli_args(project, db, "-x", "tenant=a", artifacts=tmp_path / "a1")) == 6
+    assert recover(run_cli, project, db, tmp_path / "a1", "-x", "tenant=a",
+                   "--mark-resolved") == 0
+    assert run_cli(cli_args(project, db, "-x", "tenant=b", artifacts=tmp_path / "b")) == 6
+    # b has the same duplicates: its own CREATE fails; with them gone, b's re-run is refused
+    # only over b's own invalid index, never over a's
+    sql("DELETE FROM b.items WHERE id = 2; DROP INDEX b.ix_items_name")
+    assert recover(run_cli, project, db, tmp_path / "b", "-x", "tenant=b",
+                   "--mark-resolved") == 0
+    assert run_cli(cli_args(project, db, "-x", "tenant=b", artifacts=tmp_path / "b2")) == 0
+    assert sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'b.ix_items_name'::regclass"
+               ) == [(True,)]
+    sql("DELETE FROM a.items WHERE id = 2")
+    assert run_cli(cli_args(project, db, "-x", "tenant=a", artifacts=tmp_path / "a2")) == 3
+    reason = [e for e in logs if e["event"] == "preflight.failed"][-1]["reason"]
+    assert "ix_items_name" in reason and "a.items" in reason
+
+
 def test_an_invalid_index_left_by_a_successful_run_is_exit_6(make_project, db, sql, run_cli,
                                                              tmp_path):
     """A migration that swallows its CREATE INDEX CONCURRENTLY failure."""

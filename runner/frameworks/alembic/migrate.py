@@ -165,6 +165,8 @@ class Migrator:
         self._configured = False
         self._started = False
         self._pid: int | None = None  # the migration session's backend
+        # Its search path: where the unqualified names of its migrations go.
+        self.schemas: tuple[str, ...] = ()
         self._autocommit = False  # env.py's connection runs every statement in AUTOCOMMIT
         self._in_step: MigrationRecord | None = None  # the transactional step running now
         self._timeouts = (f"SET lock_timeout = '{to_postgres_ms(settings.lock_timeout)}'; "
@@ -318,10 +320,11 @@ class Migrator:
         settings = [*self._timeouts.split("; "), "SET application_name = 'safe-migrate-migration'"]
         if (connection.dialect.server_version_info or (0,)) >= (14,):
             settings.append("SET idle_session_timeout = 0")  # it idles while we wait for the lock
-        pid, read_only, in_recovery = prepare_session(connection, settings)
-        if read_only or in_recovery:  # refused before the lock, before anything runs
-            raise read_only_error(in_recovery)
-        self._pid = pid
+        session = prepare_session(connection, settings)
+        if session.read_only or session.in_recovery:  # refused before the lock, before anything
+            raise read_only_error(session.in_recovery)
+        self._pid = session.pid
+        self.schemas = session.schemas
         target = where_env_py_connects(connection, opts)
         commit_now(connection)
         event.listen(connection, "before_cursor_execute", self._before_statement)

@@ -258,7 +258,7 @@ class UpgradeJob:
             invalid = catalog.invalid_indexes(self.side) + catalog.not_valid_constraints(
                 self.side)
             self.invalid_before = {(o["schema"], o["name"]) for o in invalid}
-            _refuse_invalid_names(invalid, pending)
+            _refuse_invalid_names(invalid, pending, self.migrator.schemas)
             self.journal = self.artifacts.journal()
         if pending or self.expected_schema is not None:
             self.before = self._snapshot("schema-before.sql", "before", self.taking_before)
@@ -538,15 +538,19 @@ class UpgradeJob:
                                  or self.failure is not None)
 
 
-def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord]) -> None:
+def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[MigrationRecord],
+                          schemas: tuple[str, ...]) -> None:
     """The IF NOT EXISTS trap: a pending migration that creates an index or constraint whose
-    name exists as an INVALID index / NOT VALID constraint would "succeed" over it."""
+    name exists as an INVALID index / NOT VALID constraint would "succeed" over it. Only where
+    its names go: the session's search path, or a schema its code names (another tenant's
+    invalid index of the same name is no trap for this one)."""
     if not invalid:
         return
     for rec in pending:
         source = read_source(rec.path)
         for obj in invalid:
-            if creates_name(source, obj["name"]):
+            if (obj["schema"] in schemas or names_schema(source, obj["schema"])) and creates_name(
+                    source, obj["name"]):
                 kind = "an INVALID index" if obj["kind"] == "invalid_index" else (
                     "a NOT VALID constraint")
                 raise PreflightError(
@@ -555,6 +559,11 @@ def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[Migration
                     "would skip it and stamp the revision over it; run `safe-migrate recover`, "
                     "or drop it (DROP INDEX CONCURRENTLY) / validate it first",
                     revision=rec.revision, name=obj["name"])
+
+
+def names_schema(source: str, schema: str) -> bool:
+    """Whether a revision's code names `schema` (schema="x", x.table, "x"."t") as a word."""
+    return re.search(rf"(?<![\w$]){re.escape(schema)}(?![\w$])", source, re.I) is not None
 
 
 _CREATES = (r"create_index\(\s*(?:op\.f\(\s*)?['\"]{name}['\"]",
