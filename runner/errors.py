@@ -43,6 +43,19 @@ MEANINGS: dict[ExitCode, str] = {
 }
 
 
+#: The outcome names run.json, the ledger, run.done and fleet.json give each exit code.
+OUTCOMES: dict[ExitCode, str] = {
+    ExitCode.OK: "success", ExitCode.USAGE: "usage-error", ExitCode.PREFLIGHT: "preflight-refused",
+    ExitCode.LOCK_BUSY: "lock-busy", ExitCode.MIGRATION_FAILED: "migration-failed",
+    ExitCode.PARTIAL_APPLY: "partial-apply", ExitCode.UNREACHABLE: "unreachable",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+
+def outcome_name(code: ExitCode) -> str:
+    return OUTCOMES.get(code, "internal-error")
+
+
 def exit_code_table() -> str:
     """The exit codes as --help shows them, from this module alone."""
     lines = ["exit codes (* = safe for a Job to retry):"]

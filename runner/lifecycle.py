@@ -11,10 +11,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from runner.settings import Settings
-from runner.urls import env_py_driver
+from runner.urls import mask
 
-if TYPE_CHECKING:  # alembic: not imported by the Django path, which uses interruptible()
-    from runner.frameworks.alembic.project import Project
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 @contextlib.contextmanager
@@ -73,22 +73,21 @@ def _wakeup_watch(handler: Callable[[int, FrameType | None], None]) -> Iterator[
 
 
 @contextlib.contextmanager
-def embedded_database(settings: Settings, project: Project, log: Any) -> Iterator[None]:
-    """--embedded: a throwaway PostgreSQL for trying the tool; never implied."""
+def embedded_database(settings: Settings, log: Any,
+                      point: Callable[[URL], None] | None = None) -> Iterator[None]:
+    """--embedded: a throwaway PostgreSQL for trying the tool; never implied. Its URL becomes
+    the run's --database-url; `point` hands it to the framework's own configuration too."""
     if not settings.embedded:
         yield
         return
     from runner.embedded import EmbeddedPostgres
-    from runner.frameworks.alembic.project import set_url
 
     with EmbeddedPostgres() as server:
         url = server.url()
         settings.database_url = url
-        # env.py gets the driver this SQLAlchemy has (psycopg2 on 1.4); we keep psycopg 3.
-        set_url(project.config, url.set(drivername=env_py_driver()).render_as_string(
-            hide_password=False))
-        log.info("embedded.started", url=url.render_as_string(hide_password=True),
-                 pg_dump=str(server.pg_dump))
+        if point is not None:
+            point(url)
+        log.info("embedded.started", url=mask(url), pg_dump=str(server.pg_dump))
         if settings.pg_dump is None:
             settings.pg_dump = str(server.pg_dump)
         yield

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from runner.artifacts import Artifacts
 from runner.db.sessions import Sessions
-from runner.errors import ExitCode, SafeMigrateError
+from runner.errors import ExitCode, SafeMigrateError, outcome_name
 from runner.fleet.pool import BY_INTERRUPT, NOT_STARTED, Result
 from runner.fleet.targets import Resolved
 from runner.frameworks.alembic.migrate import Migrator
@@ -100,7 +100,7 @@ def run_target(fleet: Fleet, index: int, interrupted: threading.Event) -> Result
     try:
         result.update(_upgrade(fleet, settings, log, interrupted))
     except SafeMigrateError as exc:
-        result.update(outcome=_outcome(exc.exit_code), exit_code=int(exc.exit_code),
+        result.update(outcome=outcome_name(exc.exit_code), exit_code=int(exc.exit_code),
                       error=" ".join(mask_text(exc.message).split()))
     except Exception as exc:  # noqa: BLE001 - a bug in one target must not end the fleet
         result.update(outcome="internal-error", exit_code=int(ExitCode.INTERNAL),
@@ -129,19 +129,19 @@ def _upgrade(fleet: Fleet, settings: Settings, log: Any,
         finding = Future()
         finding.set_result(fleet.pg_dump)
     job = UpgradeJob(settings, fleet.project, artifacts, log, finding, interrupted, fleet.args)
-    job.lint_findings = []
+    job.expected = list(fleet.expected)
     migrator = job.migrator = _FleetMigrator(
         fleet.project, settings, fleet.history, settings.target, log=log,
         interrupted=interrupted, hooks=job, expected=fleet.expected)
     error: SafeMigrateError | None = None
     try:
-        code = ExitCode(job.execute(list(fleet.expected)))
+        code = ExitCode(job.execute())
     except SafeMigrateError as exc:
         error, code = exc, exc.exit_code
     if migrator.at_target is not None and code == ExitCode.OK:
         shutil.rmtree(settings.artifacts_dir, ignore_errors=True)  # nothing ran: no record
         return _up_to_date(migrator.at_target)
-    applied = [r.revision for r in migrator.applied]
+    applied = [r.id for r in migrator.applied]
     before = list(migrator.db_heads_before or heads or ())
     if code == ExitCode.OK:
         after = list(fleet.expected)
@@ -149,7 +149,7 @@ def _upgrade(fleet: Fleet, settings: Settings, log: Any,
         after = list(job.failure.heads)
     else:  # a linear history's last applied revision; else where it started
         after = applied[-1:] or before
-    return {"outcome": "success" if code == ExitCode.OK else _outcome(code),
+    return {"outcome": outcome_name(code),
             "exit_code": int(code), "applied": applied, "heads_before": before,
             "heads_after": after, "artifacts": str(settings.artifacts_dir),
             **({"error": " ".join(mask_text(error.message).split())} if error else {})}
@@ -206,8 +206,3 @@ def _version_heads(connection: Connection, schema: str,
     return tuple(str(r[0]) for r in connection.execute(
         text(f"SELECT version_num FROM {name}")))
 
-
-def _outcome(code: ExitCode) -> str:
-    from runner.frameworks.alembic.commands.upgrade import _outcome as outcome
-
-    return outcome(code)

@@ -7,7 +7,10 @@ an Alembic revision and a Django migration alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 @dataclass
@@ -15,7 +18,7 @@ class Step:
     """One migration to apply, and what happened to it (a run.json entry)."""
 
     id: str  # alembic: the revision; django: "app.0003_name"
-    title: str  # the revision message / the migration's name
+    title: str  # django: the migration's name; alembic: "" (the console reads the message)
     previous: str | list[str] | None  # what the database is at without it (the stamp target)
     path: str  # where its code lives
     non_transactional_reasons: list[str] = field(default_factory=list)
@@ -27,18 +30,34 @@ class Step:
     error: dict[str, Any] | None = None
     blockers: list[dict[str, Any]] = field(default_factory=list)
     partial: bool = False
+    started_at: float | None = None  # time.monotonic() at the running attempt's start
+    # The step ran its own COMMIT/ROLLBACK inside its transaction: no longer one unit.
+    broke_transaction: bool = False
 
     @property
     def transactional(self) -> bool:
         return not self.non_transactional_reasons
 
     def to_dict(self) -> dict[str, Any]:
-        return {"revision": self.id, "title": self.title, "down_revision": self.previous,
+        # No title on the Alembic path (empty there): its run.json entries never had one.
+        return {"revision": self.id, **({"title": self.title} if self.title else {}),
+                "down_revision": self.previous,
                 "path": self.path, "transactional": self.transactional,
                 "non_transactional_reasons": self.non_transactional_reasons,
                 "attempts": self.attempts, "lock_wait_ms": self.lock_wait_ms,
                 "duration_ms": self.duration_ms, "outcome": self.outcome, "error": self.error,
                 "blockers": self.blockers, "committed_part": self.partial}
+
+
+@dataclass
+class Database:
+    """The database a run migrates, as the framework's connection found it."""
+
+    url: URL
+    version_table: str
+    version_schema: str
+    server_version_num: int
+    server_version: str
 
 
 class Adapter(Protocol):

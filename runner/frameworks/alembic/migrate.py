@@ -18,7 +18,6 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
@@ -26,7 +25,7 @@ import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import Connection
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -72,6 +71,7 @@ from runner.frameworks.alembic.probe import (
     where_env_py_connects,
 )
 from runner.frameworks.alembic.project import Project, fresh_attributes
+from runner.frameworks.base import Database, Step
 from runner.logging import quiet_alembic
 from runner.settings import Settings
 from runner.urls import SQLALCHEMY_2, mask, mask_text
@@ -81,65 +81,14 @@ SIDE_SESSION = "safe-migrate-monitor"  # application_name of the monitor / ledge
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
 
 
-@dataclass
-class MigrationRecord:
-    """One pending revision and what happened to it (a run.json entry)."""
-
-    revision: str
-    down_revision: str | list[str] | None
-    path: str
-    non_transactional_reasons: list[str]
-    attempts: int = 0
-    lock_wait_ms: int = 0
-    duration_ms: int | None = None
-    outcome: str = "pending"  # applied | failed | partial | interrupted | pending
-    error: dict[str, Any] | None = None
-    blockers: list[dict[str, Any]] = field(default_factory=list)
-    partial: bool = False
-    started_at: float | None = None
-    # The migration ran its own COMMIT/ROLLBACK inside a transactional step.
-    broke_transaction: bool = False
-
-    @property
-    def transactional(self) -> bool:
-        return not self.non_transactional_reasons
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "down_revision": self.down_revision,
-            "path": self.path,
-            "transactional": self.transactional,
-            "non_transactional_reasons": self.non_transactional_reasons,
-            "attempts": self.attempts,
-            "lock_wait_ms": self.lock_wait_ms,
-            "duration_ms": self.duration_ms,
-            "outcome": self.outcome,
-            "error": self.error,
-            "blockers": self.blockers,
-            "committed_part": self.partial,
-        }
-
-
-@dataclass
-class Database:
-    """What env.py's configure() told us about the database it migrates."""
-
-    url: URL
-    version_table: str
-    version_schema: str
-    server_version_num: int
-    server_version: str
-
-
 class Hooks(Protocol):
     """The command's say at the points only the migrator sees."""
 
     def connected(self, db: Database, side: psycopg.Connection[Any]) -> None: ...
 
-    def starting(self, db_heads: tuple[str, ...], pending: list[MigrationRecord]) -> None: ...
+    def starting(self, db_heads: tuple[str, ...], pending: list[Step]) -> None: ...
 
-    def before_step(self, record: MigrationRecord) -> None: ...
+    def before_step(self, step: Step, pid: int | None) -> None: ...
 
 
 class Migrator:
@@ -152,8 +101,8 @@ class Migrator:
         self.log = log
         self.interrupted = interrupted
         self.hooks = hooks
-        self.records: dict[str, MigrationRecord] = {}
-        self.current: MigrationRecord | None = None  # the step that is running or failed
+        self.records: dict[str, Step] = {}
+        self.current: Step | None = None  # the step that is running or failed
         self.db: Database | None = None
         self.side: psycopg.Connection[Any] | None = None  # monitor + catalog queries
         # A fleet worker's sessions, kept across its targets of one database (None: the
@@ -168,7 +117,7 @@ class Migrator:
         # Its search path: where the unqualified names of its migrations go.
         self.schemas: tuple[str, ...] = ()
         self._autocommit = False  # env.py's connection runs every statement in AUTOCOMMIT
-        self._in_step: MigrationRecord | None = None  # the transactional step running now
+        self._in_step: Step | None = None  # the transactional step running now
         self._timeouts = (f"SET lock_timeout = '{to_postgres_ms(settings.lock_timeout)}'; "
                           "SET statement_timeout = "
                           f"'{to_postgres_ms(settings.statement_timeout)}'")
@@ -192,7 +141,7 @@ class Migrator:
         return self._pid
 
     @property
-    def applied(self) -> list[MigrationRecord]:
+    def applied(self) -> list[Step]:
         return [r for r in self.records.values() if r.outcome == "applied"]
 
     def failure(self, exc: BaseException) -> SafeMigrateError:
@@ -204,23 +153,23 @@ class Migrator:
                 rec.outcome == "running" and isinstance(exc, SafeMigrateError)):
             return exc  # the runner's own check (a broken transaction, its pre-step record)
         info = rec.error or error_info(exc, rec.path)
-        where = _located(rec.revision, info)
+        where = _located(rec.id, info)
         rec.partial = rec.partial or rec.broke_transaction  # its own COMMIT/ROLLBACK
         if rec.partial:
             rec.outcome = "partial"
             return PartialApplyError(
                 f"{where} failed after committing part of its work ({_describe(info)}): "
-                "see the recovery plan", revision=rec.revision)
+                "see the recovery plan", revision=rec.id)
         if self.interrupted.is_set() or isinstance(exc, InterruptedRunError):
             rec.outcome = "interrupted"
             return InterruptedRunError(f"interrupted during {where}; it was rolled back",
-                                       revision=rec.revision)
+                                       revision=rec.id)
         state = info.get("sqlstate") or ""
         if isinstance(exc, sqlalchemy.exc.OperationalError) and (
                 not state or state.startswith(CONNECTION_LOST)):
             return DatabaseUnreachableError(
                 f"connection lost during {where} ({_describe(info)}); its transaction was not "
-                "committed", revision=rec.revision)
+                "committed", revision=rec.id)
         blockers = ""
         if rec.blockers:
             blockers = "; blocked by " + ", ".join(
@@ -228,7 +177,7 @@ class Migrator:
                 for b in rec.blockers)
         return MigrationFailedError(
             f"{where} failed and was rolled back ({_describe(info)}){blockers}",
-            revision=rec.revision)
+            revision=rec.id)
 
     def read_heads(self) -> tuple[str, ...] | None:
         if self.side is None or self.db is None:
@@ -289,7 +238,7 @@ class Migrator:
         rec = self.current
         assert rec is not None and rec.error is not None
         self.log.warning(
-            "migration.retry", revision=rec.revision, attempt=rec.attempts,
+            "migration.retry", revision=rec.id, attempt=rec.attempts,
             sleep_s=round(state.upcoming_sleep, 3), sqlstate=rec.error["sqlstate"],
             error=rec.error["message"], blocking_pids=[b["pid"] for b in rec.blockers],
             blockers=rec.blockers)
@@ -391,7 +340,7 @@ class Migrator:
             self.hooks.starting(tuple(heads), list(self.records.values()))
         for step in steps:
             rec = self.records.get(step.revision.revision) or self._record(step)
-            self.records[rec.revision] = rec
+            self.records[rec.id] = rec
             step.migration_fn = self._wrap(step.migration_fn, rec, context)
             yield step
             # Reached only once alembic committed the step (version row included).
@@ -401,29 +350,29 @@ class Migrator:
                 rec.outcome = "partial"
                 rec.partial = True
                 self.current = rec
-                self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
+                self.log.error("migration.failed", revision=rec.id, attempt=rec.attempts,
                                partial=True, duration_ms=rec.duration_ms,
                                reason="ran its own COMMIT or ROLLBACK")
                 raise PartialApplyError(
-                    f"migration {rec.revision} ran its own COMMIT or ROLLBACK inside its "
+                    f"migration {rec.id} ran its own COMMIT or ROLLBACK inside its "
                     "transaction: what it did is no longer one unit (part of it may have been "
                     "undone or committed apart from the version row); it is recorded as "
-                    "applied, but check it: see the recovery plan", revision=rec.revision)
-            self.log.info("migration.done", revision=rec.revision, duration_ms=rec.duration_ms,
+                    "applied, but check it: see the recovery plan", revision=rec.id)
+            self.log.info("migration.done", revision=rec.id, duration_ms=rec.duration_ms,
                           attempts=rec.attempts, lock_wait_ms=rec.lock_wait_ms)
 
-    def _record(self, step: RevisionStep) -> MigrationRecord:
+    def _record(self, step: RevisionStep) -> Step:
         script = step.revision
         down = script.down_revision
         source = revision_source(script)
-        return MigrationRecord(
-            revision=script.revision,
-            down_revision=list(down) if isinstance(down, (tuple, list)) else down,
+        return Step(
+            id=script.revision, title="",
+            previous=list(down) if isinstance(down, (tuple, list)) else down,
             path=script.path, non_transactional_reasons=(
                 ["env.py's connection is AUTOCOMMIT"] if self._autocommit
                 else non_transactional_reasons(source)))
 
-    def _wrap(self, fn: Callable[..., None], rec: MigrationRecord,
+    def _wrap(self, fn: Callable[..., None], rec: Step,
               context: MigrationContext) -> Callable[..., None]:
         @functools.wraps(fn)
         def run_step(**kw: Any) -> None:
@@ -434,14 +383,14 @@ class Migrator:
             rec.attempts += 1
             rec.error = None
             rec.outcome = "running"
-            self.hooks.before_step(rec)
+            self.hooks.before_step(rec, self._pid)
             assert context.connection is not None and self.monitor is not None
             # The step's transaction id tells later whether anything of the step committed
             # before a failure (autocommit_block, a raw COMMIT...).
             xid = begin_step(context.connection, self._timeouts)
             rec.started_at = time.monotonic()
-            self.log.info("migration.start", revision=rec.revision,
-                          down_revision=rec.down_revision, attempt=rec.attempts,
+            self.log.info("migration.start", revision=rec.id,
+                          down_revision=rec.previous, attempt=rec.attempts,
                           transactional=rec.transactional)
             assert self._pid is not None
             self.monitor.watch(self._pid)
@@ -455,7 +404,7 @@ class Migrator:
                 rec.partial = self._committed(xid, rec) or rec.broke_transaction
                 self._finish_watch(rec)
                 rec.duration_ms = _ms_since(rec.started_at)
-                self.log.error("migration.failed", revision=rec.revision, attempt=rec.attempts,
+                self.log.error("migration.failed", revision=rec.id, attempt=rec.attempts,
                                partial=rec.partial, duration_ms=rec.duration_ms, **rec.error,
                                blocking_pids=[b["pid"] for b in rec.blockers])
                 raise
@@ -464,25 +413,25 @@ class Migrator:
 
         return run_step
 
-    def _check_lock(self, rec: MigrationRecord) -> None:
+    def _check_lock(self, rec: Step) -> None:
         assert self.lock is not None
         if self.lock.alive():
             return
         self.lock.held = False  # it went with its session: nothing to release
-        self.log.error("lock.lost", key=self.lock.key, next_revision=rec.revision)
+        self.log.error("lock.lost", key=self.lock.key, next_revision=rec.id)
         raise DatabaseUnreachableError(
             "the advisory lock's session was lost (terminated, or the server restarted), so "
-            f"another runner may start: stopped before migration {rec.revision}, which did "
-            "not run", revision=rec.revision)
+            f"another runner may start: stopped before migration {rec.id}, which did "
+            "not run", revision=rec.id)
 
-    def _finish_watch(self, rec: MigrationRecord) -> None:
+    def _finish_watch(self, rec: Step) -> None:
         assert self.monitor is not None
         blockers, waited = self.monitor.unwatch()
         rec.lock_wait_ms += round(waited * 1000)
         if blockers:
             rec.blockers = [b.to_dict() for b in blockers]
 
-    def _committed(self, xid: str, rec: MigrationRecord) -> bool:
+    def _committed(self, xid: str, rec: Step) -> bool:
         assert self.monitor is not None
         try:
             return self.monitor.xact_committed(xid)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy.engine import URL
 
 from runner.errors import UsageError
 from runner.settings import Settings
+from runner.urls import env_py_driver
 
 
 @dataclass
@@ -67,3 +69,13 @@ def fresh_attributes(config: Config) -> Iterator[None]:
 def set_url(config: Config, url: str) -> None:
     # configparser interpolation: a literal % must be doubled (ALEMBIC-NOTES).
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+
+
+def point_at(project: Project) -> Callable[[URL], None]:
+    """--embedded: env.py reads the throwaway server's URL from the config, with the driver
+    this SQLAlchemy has (psycopg2 on 1.4); the runner's own sessions keep psycopg 3."""
+    def point(url: URL) -> None:
+        set_url(project.config, url.set(drivername=env_py_driver()).render_as_string(
+            hide_password=False))
+
+    return point

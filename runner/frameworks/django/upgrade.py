@@ -11,43 +11,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from runner import __version__
-from runner.artifacts import Artifacts, Journal, write_termination_log
+from runner.artifacts import Artifacts
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
 from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
-from runner.db.ledger import parse_table
 from runner.db.lock import AdvisoryLock, lock_key
 from runner.db.monitor import Monitor, sample_interval
 from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
-    ExitCode,
     InterruptedRunError,
     MigrationFailedError,
     PartialApplyError,
     PreflightError,
     SafeMigrateError,
 )
-from runner.frameworks.base import Step
+from runner.frameworks.base import Database, Step
 from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
-from runner.lifecycle import interruptible
+from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
-from runner.recovery.plan import CLEAN_ROLLBACK, PARTIAL_APPLY, VERIFICATION_FAILED, Failure
-from runner.recovery.recorder import Recorder
+from runner.recovery.plan import PARTIAL_APPLY, VERIFICATION_FAILED, Failure, RecoveryPlan
 from runner.settings import Settings
+from runner.upgrade import UpgradeDriver, find_pg_dump
 from runner.urls import mask, mask_text
 
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
@@ -69,31 +65,29 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     log.info("run.start", command="upgrade", framework="django", target=settings.target,
              version=__version__, config=settings.django_settings,
              database=settings.database_alias, artifacts_dir=str(settings.artifacts_dir))
-    finding: Future[Path] | None = None
-    if settings.schema_diff:
-        from runner.schema import snapshot
-
-        finding = snapshot.start_find_pg_dump(settings.pg_dump)
-    with embedded(settings, log), interruptible(log) as interrupted:
+    finding = find_pg_dump(settings)  # needed once connected
+    with embedded_database(settings, log), interruptible(log) as interrupted:
         connection = dj.setup(settings.django_settings, settings.database_alias,
                               settings.database_url)
         try:
             loader = dj.load_graph()  # from the files alone: conflicts, missing parents
             dj.check_model_changes(loader, args.model_changes, log)
-            lint_pending(connection, settings, args, log)
+            findings = lint_pending(connection, settings, args, log)
         except PreflightError as exc:
             log.error("preflight.failed", reason=exc.message)
             raise
         job = DjangoUpgrade(settings, connection, loader, artifacts, log, finding, interrupted)
+        job.lint_findings = findings
         return job.execute()
 
 
 def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
-                 log: Any) -> None:
+                 log: Any) -> list[dict[str, Any]]:
     """--lint: squawk over each pending migration's SQL, as on the Alembic path: before the
-    lock and before anything runs; --lint error refuses on any finding (exit 3)."""
+    lock and before anything runs; --lint error refuses on any finding (exit 3). Returns the
+    findings (for the GitHub summary)."""
     if args.lint == "off":
-        return
+        return []
     from django.db import DatabaseError
     from django.db.migrations.exceptions import NodeNotFoundError
     from django.db.migrations.executor import MigrationExecutor
@@ -104,9 +98,9 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
         migrations = dj.plan(executor, dj.targets(executor.loader, settings.target),
                              settings.target)
     except (SafeMigrateError, DatabaseError, NodeNotFoundError):
-        return  # the run's own preflight (or connect) refuses it, with its exit code
+        return []  # the run's own preflight (or connect) refuses it, with its exit code
     if not migrations:
-        return
+        return []
     # Only now: runner.lint loads alembic (and SQLAlchemy) through the Alembic path's modules.
     from runner import github, lint
     from runner.frameworks.django.inspect import describe_all, lint_findings
@@ -115,59 +109,30 @@ def lint_pending(connection: Any, settings: Settings, args: argparse.Namespace,
     findings, _ = lint_findings(pending, args.lint, args.lint_rules, log)
     log.info("lint.done", revisions=len(pending), findings=len(findings),
              duration_ms=round((time.monotonic() - started) * 1000))
-    github.report_lint([f.to_dict() for f in findings], args.lint)
+    found = [f.to_dict() for f in findings]
+    github.report_lint(found, args.lint)
     lint.enforce(findings, args.lint, log)  # logs lint.finding; error: PreflightError
+    return found
 
 
-@contextlib.contextmanager
-def embedded(settings: Settings, log: Any) -> Iterator[None]:
-    """--embedded: a throwaway server whose URL overrides the alias's connection."""
-    if not settings.embedded:
-        yield
-        return
-    from runner.embedded import EmbeddedPostgres
+class DjangoUpgrade(UpgradeDriver):
+    """One upgrade run: Django's executor applies the migrations; the rest is the core's."""
 
-    with EmbeddedPostgres() as server:
-        settings.database_url = server.url()
-        log.info("embedded.started", url=mask(settings.database_url),
-                 pg_dump=str(server.pg_dump))
-        if settings.pg_dump is None:
-            settings.pg_dump = str(server.pg_dump)
-        yield
-
-
-class DjangoUpgrade:
     def __init__(self, settings: Settings, connection: Any, loader: Any, artifacts: Artifacts,
                  log: Any, finding: Future[Path] | None, interrupted: threading.Event) -> None:
-        self.settings = settings
+        url = dj.sqlalchemy_url(connection)
+        super().__init__(settings, artifacts, log, finding, url)
         self.connection = connection
         self.loader = loader
-        self.artifacts = artifacts
-        self.log = log
-        self.finding = finding
         self.interrupted = interrupted
-        self.url = dj.sqlalchemy_url(connection)
-        self.started = datetime.now(UTC)
-        self.steps: list[Step] = []
-        self.current: Step | None = None
-        self.side: psycopg.Connection[Any] | None = None
+        self.planned: list[Step] = []
+        self.running: Step | None = None
         self.lock: AdvisoryLock | None = None
         self.monitor: Monitor | None = None
         self.pid: int | None = None
         self.schema = "public"
-        self.server_version: str | None = None
-        self.pg_dump: Path | None = None
-        self.before: str | None = None
-        self.invalid_before: set[tuple[str, str]] = set()
-        self.journal: Journal | None = None
-        self.recorder = Recorder(settings.run_id, log=log)
-        self.failure: Failure | None = None
-        self.heads_before: list[str] = []
         self.executor: Any = None
         self.writes = 0  # statements of the running step that changed something
-        # The running atomic migration sent its own COMMIT/ROLLBACK (RunSQL("COMMIT")): what
-        # it did is no longer one unit, whatever Django's atomic block does after it.
-        self.broke_transaction = False
         # Session-level SETs outlive each migration's transaction: sent once at connect,
         # again only after a migration that touched a timeout (a round trip saved per step).
         self.timeouts_changed = False
@@ -176,23 +141,13 @@ class DjangoUpgrade:
                          f"'{to_postgres_ms(settings.statement_timeout)}'")
 
     # -- the run --------------------------------------------------------------------------
-    def execute(self) -> int:
-        error: SafeMigrateError | None = None
-        try:
-            try:
-                self._run()
-                error = self._verify()
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code
-                error = self._error(exc)
-                if isinstance(error, PreflightError):
-                    self.log.error("preflight.failed", reason=error.message)
-        finally:
-            code = self._finish(error)
-        if error is not None:
-            raise error
-        return int(code)
+    def steps(self) -> list[Step]:
+        return self.planned
 
-    def _run(self) -> None:
+    def current(self) -> Step | None:
+        return self.running
+
+    def run_steps(self) -> None:
         self._connect()
         from django.db.migrations.exceptions import NodeNotFoundError
         from django.db.migrations.executor import MigrationExecutor
@@ -203,29 +158,24 @@ class DjangoUpgrade:
             raise dj.node_not_found(exc) from None
         loader = self.executor.loader
         dj.check_history(loader, self.connection)
-        self.heads_before = dj.Applied(set(loader.applied_migrations)).heads()
+        heads = self.heads_before = dj.Applied(set(loader.applied_migrations)).heads()
         migrations = dj.plan(self.executor, dj.targets(loader, self.settings.target),
                              self.settings.target)
-        self.steps = [dj.step_of(m, loader) for m in migrations]
-        self.log.info("preflight.ok", current=self.heads_before, pending=len(self.steps),
+        self.planned = [dj.step_of(m, loader) for m in migrations]
+        self.expected = [s.id for s in self.planned]
+        self.log.info("preflight.ok", current=heads, pending=len(self.planned),
                       target=self.settings.target)
-        self.recorder.check_unresolved(lambda step_id: tuple(step_id.split(".", 1))
-                                       in self.executor.loader.applied_migrations)
-        if self.steps:
-            assert self.side is not None
-            invalid = catalog.invalid_indexes(self.side) + catalog.not_valid_constraints(
-                self.side)
-            self.invalid_before = {(o["schema"], o["name"]) for o in invalid}
-            self.journal = self.artifacts.journal()
-            self.before = self._snapshot("schema-before.sql", "before")
-        self._write_run(None)
+        self.begin(heads, self.planned, lambda step_id: tuple(step_id.split(".", 1))
+                   in self.executor.loader.applied_migrations)
         self._apply_all(migrations)
 
     def _connect(self) -> None:
         from django.db import DatabaseError
 
+        url = self.url
+        assert url is not None
         # The runner's own session first: connect retries, exit 7 / exit 2 classification.
-        self.side = connect(self.url, timeout=self.settings.connect_timeout,
+        self.side = connect(url, timeout=self.settings.connect_timeout,
                             application_name="safe-migrate-monitor")
         try:
             self.connection.ensure_connection()
@@ -240,17 +190,21 @@ class DjangoUpgrade:
                 pid, schema, read_only, in_recovery = cursor.fetchone()
         except DatabaseError as exc:
             raise DatabaseUnreachableError(
-                f"cannot connect to {mask(self.url)}: {first_line(mask_text(str(exc)))}"
+                f"cannot connect to {mask(url)}: {first_line(mask_text(str(exc)))}"
             ) from None
         if read_only or in_recovery:
             from runner.db.connect import read_only_error
 
             raise read_only_error(bool(in_recovery))
         self.pid, self.schema = int(pid), str(schema or "public")
-        self.server_version = catalog.server_version(self.side)
-        self.log.info("database", url=mask(self.url), server_version=self.server_version,
+        side = self.side
+        db = Database(url=url, version_table=dj.VERSION_TABLE, version_schema=self.schema,
+                      server_version_num=side.info.server_version,
+                      server_version=(side.info.parameter_status("server_version")
+                                      or catalog.server_version(side)))
+        self.log.info("database", url=mask(url), server_version=db.server_version,
                       version_table=f"{self.schema}.{dj.VERSION_TABLE}")
-        lock_conn = connect(self.url, timeout=self.settings.connect_timeout,
+        lock_conn = connect(url, timeout=self.settings.connect_timeout,
                             application_name=f"safe-migrate-lock {self.settings.run_id}")
         key = lock_key(catalog.current_database(lock_conn), self.schema, dj.VERSION_TABLE)
         self.lock = AdvisoryLock(lock_conn, key, log=self.log, interrupted=self.interrupted)
@@ -258,17 +212,7 @@ class DjangoUpgrade:
         self.monitor = Monitor(self.side, self.interrupted,
                                interval=sample_interval(self.settings.lock_timeout))
         self.monitor.start()
-        if self.finding is not None:
-            from runner.schema import snapshot
-
-            self.pg_dump = self.finding.result()
-            snapshot.check_pg_dump(self.pg_dump, catalog.server_version_num(self.side))
-        self.recorder.open(self.side, version_schema=self.schema,
-                           version_table=dj.VERSION_TABLE,
-                           ledger_table=self.settings.ledger_table,
-                           use_ledger=self.settings.ledger, command="upgrade",
-                           target=self.settings.target, database_url=mask(self.url),
-                           tool_version=__version__)
+        self.opened(db, side, monitor=self.monitor)
 
     def _apply_all(self, migrations: list[Any]) -> None:
         """As `manage.py migrate` does around its executor: pre_migrate with the state before,
@@ -286,7 +230,7 @@ class DjangoUpgrade:
         if migrations:
             self.executor.recorder.ensure_schema()
             with self.connection.execute_wrapper(self._statement):
-                for migration, step in zip(migrations, self.steps, strict=True):
+                for migration, step in zip(migrations, self.planned, strict=True):
                     state = self._apply_with_retries(migration, step, state)
         self.executor.check_replacements()  # squashed migrations whose parts all ran
         state.clear_delayed_apps_cache()
@@ -342,17 +286,17 @@ class DjangoUpgrade:
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted before the next migration")
         self._check_lock(step)
-        self.current = step
+        self.running = step
         step.attempts += 1
         step.error = None
         step.outcome = "running"
-        self._before_step(step)
+        self.before_step(step, self.pid)
         if self.timeouts_changed:  # a migration changed them: set again, before the next
             with self.connection.cursor() as cursor:
                 cursor.execute(self.timeouts)
             self.timeouts_changed = False
         self.writes = 0
-        self.broke_transaction = False
+        step.broke_transaction = False
         started = time.monotonic()
         self.log.info("migration.start", revision=step.id, down_revision=step.previous,
                       attempt=step.attempts, transactional=step.transactional)
@@ -366,7 +310,7 @@ class DjangoUpgrade:
             step.outcome = "failed"
             step.error = error_info(exc, step.path)
             dj.end_broken_atomic(self.connection)
-            step.partial = (self.broke_transaction if step.transactional
+            step.partial = (step.broke_transaction if step.transactional
                             else self._left_something(step))
             self._unwatch(step)
             step.duration_ms = _ms_since(started)
@@ -377,7 +321,7 @@ class DjangoUpgrade:
         self._unwatch(step)
         step.outcome = "applied"
         step.duration_ms = _ms_since(started)
-        if step.transactional and self.broke_transaction:
+        if step.transactional and step.broke_transaction:
             self._broken_atomic(step)
         self.log.info("migration.done", revision=step.id, duration_ms=step.duration_ms,
                       attempts=step.attempts, lock_wait_ms=step.lock_wait_ms)
@@ -403,13 +347,16 @@ class DjangoUpgrade:
         ones that change something (a non-atomic migration's partial apply)."""
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted: no further statements are sent")
-        step = self.current
-        atomic = step is not None and step.transactional and self.connection.in_atomic_block
-        if atomic and ends_transaction(str(sql)):  # before: the rest may fail
-            self.broke_transaction = True
+        step = self.running
+        # The running atomic migration sent its own COMMIT/ROLLBACK (RunSQL("COMMIT")): what
+        # it did is no longer one unit, whatever Django's atomic block does after it.
+        atomic = (step if step is not None and step.transactional
+                  and self.connection.in_atomic_block else None)
+        if atomic is not None and ends_transaction(str(sql)):  # before: the rest may fail
+            atomic.broke_transaction = True
         result = execute(sql, params, many, context)
-        if atomic and _transaction_ended(self.connection):  # a procedure's COMMIT, say
-            self.broke_transaction = True
+        if atomic is not None and _transaction_ended(self.connection):  # a procedure's COMMIT
+            atomic.broke_transaction = True
         text = str(sql).lstrip().lower()
         if not text.startswith(_READS):
             self.writes += 1
@@ -429,21 +376,6 @@ class DjangoUpgrade:
         except psycopg.Error:
             return True
 
-    def _before_step(self, step: Step) -> None:
-        assert self.journal is not None
-        self.journal.record({"running_revision": step.id, "attempt": step.attempts})
-        if step.transactional:
-            return
-        try:
-            self.recorder.before_step(step.id, step.previous, step.path, step.attempts,
-                                      self.pid)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnreachableError(
-                f"lost the runner's own session before migration {step.id}, so what it could "
-                f"leave behind cannot be recorded: it did not start "
-                f"({first_line(mask_text(str(exc)))})", revision=step.id) from None
-        self.recorder.keep(self.artifacts, step.id)
-
     def _check_lock(self, step: Step) -> None:
         assert self.lock is not None
         if self.lock.alive():
@@ -462,8 +394,9 @@ class DjangoUpgrade:
             step.blockers = [b.to_dict() for b in blockers]
 
     # -- outcome ----------------------------------------------------------------------------
-    def _error(self, exc: BaseException) -> SafeMigrateError:
-        step = self.current if self.current and self.current.outcome != "applied" else None
+    def error_of(self, exc: BaseException) -> SafeMigrateError:
+        running = self.running
+        step = running if running and running.outcome != "applied" else None
         if step is None:
             if isinstance(exc, SafeMigrateError):
                 return exc
@@ -517,113 +450,33 @@ class DjangoUpgrade:
             return None
         return {(str(a), str(n)) for a, n in rows}
 
-    def _verify(self) -> SafeMigrateError | None:
+    def read_heads(self) -> list[str] | None:
+        applied_now = self._applied_now()
+        return None if applied_now is None else dj.Applied(applied_now).heads()
+
+    def check_target(self) -> list[str] | None:
         applied = self._applied_now() or set()
-        missing = [s.id for s in self.steps if tuple(s.id.split(".", 1)) not in applied]
+        missing = [s.id for s in self.planned if tuple(s.id.split(".", 1)) not in applied]
         if missing:
             self.log.error("verification.failed", missing=missing)
-            return PartialApplyError(f"post-run verification failed: django_migrations does "
-                                     f"not record {', '.join(missing)}", kind=VERIFICATION_FAILED)
-        if self.steps and self.side is not None:
-            left = [o for o in catalog.invalid_indexes(self.side)
-                    if (o["schema"], o["name"]) not in self.invalid_before]
-            if left:
-                names = ", ".join(f"{o['schema']}.{o['name']}" for o in left)
-                self.log.error("verification.failed", invalid_indexes=names)
-                return PartialApplyError(f"post-run verification failed: this run left "
-                                         f"invalid index(es) {names}", kind=VERIFICATION_FAILED)
-        self.log.info("verification.ok", heads=dj.Applied(applied).heads())
-        return None
+            raise PartialApplyError(f"post-run verification failed: django_migrations does "
+                                    f"not record {', '.join(missing)}", kind=VERIFICATION_FAILED)
+        return dj.Applied(applied).heads()
 
-    def _finish(self, error: SafeMigrateError | None) -> ExitCode:
-        code = ExitCode.OK if error is None else error.exit_code
-        applied_now = self._applied_now()
-        heads_after = dj.Applied(applied_now).heads() if applied_now is not None else []
-        try:
-            if code in (ExitCode.MIGRATION_FAILED, ExitCode.PARTIAL_APPLY):
-                self.failure = self._record_failure(error, heads_after)
-            if self.before is not None or self.recorder.pre_step:
-                after = self._snapshot("schema-after.sql", "after")
-                if after is not None and self.before is not None:
-                    from runner.schema import snapshot
-
-                    self.artifacts.write_text("schema.diff", snapshot.diff(self.before, after))
-        except Exception as exc:  # noqa: BLE001 - an artifact must never hide the outcome
-            self.log.error("artifacts.failed", error=f"{type(exc).__name__}: "
-                           f"{first_line(mask_text(str(exc)))}")
-        finally:
-            self._record_outcome(error, code, heads_after)
-            try:
-                if self.failure is not None:
-                    self._write_plan(self.failure, heads_after)
-            except Exception as exc:  # noqa: BLE001 - a full disk must not hide the exit code
-                self.log.error("artifacts.failed", error=f"{type(exc).__name__}: {exc}")
-            self._close()
-            applied = sum(1 for s in self.steps if s.outcome == "applied")
-            self._write_run(error, final=True, heads_after=heads_after)
-            self.artifacts.report_unwritten(self.log, error, self.recorder.where_recorded)
-            self.log.info("run.done", outcome=_outcome(code), exit_code=int(code),
-                          applied=applied)
-            write_termination_log(self.settings.termination_log,
-                                  f"safe-migrate {_outcome(code)}: exit {int(code)}, {applied} "
-                                  "applied" + (f"; {error.message}" if error else ""))
-        return code
-
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
         if self.lock is not None:
             self.lock.close()
-        if self.journal is not None:
-            self.journal.close()
         with contextlib.suppress(Exception):
             self.connection.close()
         if self.side is not None:
             self.side.close()
 
-    def _record_failure(self, error: SafeMigrateError | None, heads: list[str]) -> Failure:
-        step = self.current
-        message = error.message if error else None
-        if error is not None and error.data.get("kind") == VERIFICATION_FAILED:
-            return self.recorder.failure(status=VERIFICATION_FAILED, revision=None,
-                                         down_revision=None, path=None, heads=heads,
-                                         error=message, expected=[s.id for s in self.steps])
-        status = PARTIAL_APPLY if step is not None and step.partial else CLEAN_ROLLBACK
-        raised = step.error if step is not None and step.error else {}
-        line = raised.get("line") if step is not None and raised.get("file") == step.path else None
-        return self.recorder.failure(
-            status=status, revision=step.id if step else None,
-            down_revision=step.previous if step else None, path=step.path if step else None,
-            heads=heads, error=message, line=line)
-
-    def _record_outcome(self, error: SafeMigrateError | None, code: ExitCode,
-                        heads_after: list[str]) -> None:
-        if self.recorder.ledger is None:
-            return
-        try:
-            self.recorder.finish(
-                outcome=_outcome(code), exit_code=int(code),
-                error=mask_text(error.message) if error else None,
-                heads_before=self.heads_before, heads_after=heads_after,
-                steps=[s.to_dict() for s in self.steps if s.attempts],
-                recovery=self.failure.to_dict() if self.failure else None)
-        except (psycopg.Error, SafeMigrateError) as exc:
-            self.log.error("ledger.failed", error=first_line(mask_text(str(exc))))
-
-    def _write_plan(self, failure: Failure, heads: list[str]) -> None:
-        from runner.recovery import plan as recovery_plan
-
-        plan = recovery.build_plan(failure, current=heads, options=self.options(),
-                                   rollback_file=str(self.artifacts.directory.resolve()
-                                                     / "rollback.sql"),
+    def build_plan(self, failure: Failure, rollback_file: str) -> RecoveryPlan:
+        return recovery.build_plan(failure, current=failure.heads, options=self.options(),
+                                   rollback_file=rollback_file,
                                    backwards_sql=self._backwards_sql(failure))
-        self.artifacts.write_json("recovery-plan.json", plan.to_dict())
-        self.artifacts.write_text("recovery-plan.md", recovery_plan.render_markdown(plan))
-        self.artifacts.write_text("rollback.sql", recovery_plan.rollback_script(plan))
-        self.log.warning("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
-                         leftovers=len(plan.leftover_objects),
-                         leftovers_known=plan.leftovers_known, commands=plan.commands,
-                         file=str(self.artifacts.directory / "recovery-plan.md"))
 
     def _backwards_sql(self, failure: Failure) -> str | None:
         if failure.status != PARTIAL_APPLY or not failure.failed_revision:
@@ -642,62 +495,15 @@ class DjangoUpgrade:
             parts.append(f"--database {self.settings.database_alias}")
         return " ".join(parts)
 
-    def _snapshot(self, name: str, label: str) -> str | None:
-        if self.pg_dump is None:
-            return None
-        from runner.schema import snapshot
-
-        exclude = [(self.schema, dj.VERSION_TABLE),
-                   parse_table(self.settings.ledger_table, self.schema)]
-        snap = snapshot.take_snapshot(self.pg_dump, self.url, exclude,
-                                      lock_wait_timeout=max(self.settings.lock_timeout, 5.0))
-        self.artifacts.write_text(name, snap.text)
-        self.log.info("schema.snapshot", which=label, file=name,
-                      duration_ms=round(snap.seconds * 1000), bytes=len(snap.text))
-        return snap.text
-
-    def _write_run(self, error: SafeMigrateError | None, *, final: bool = False,
-                   heads_after: list[str] | None = None) -> None:
+    def run_extras(self) -> dict[str, Any]:
         import django
 
-        code = (int(error.exit_code) if error else 0) if final else None
-        identity = self.recorder.identity
-        ledger = self.recorder.ledger
-        data = {
-            "run_id": self.settings.run_id, "framework": "django",
-            "tool_version": __version__, "django_version": django.get_version(),
-            "python_version": platform.python_version(), "server_version": self.server_version,
-            "database_url": mask(self.url), "database": identity.to_dict() if identity else None,
-            "version_table": f"{self.schema}.{dj.VERSION_TABLE}",
-            "ledger": ledger.qualified if ledger else None,
-            "settings": self.settings.django_settings, "database_alias":
-                self.settings.database_alias, "target": self.settings.target,
-            "started_at": self.started.isoformat(),
-            "ended_at": None if code is None else datetime.now(UTC).isoformat(),
-            "outcome": "running" if code is None else _outcome(ExitCode(code)),
-            "exit_code": code, "error": error.message if error else None,
-            "running_revision": None,  # while it runs: the journal (progress.json)
-            "heads_before": self.heads_before,
-            "heads_after": heads_after,
-            "migrations": [s.to_dict() for s in self.steps if s.attempts],
-            "pending": [s.id for s in self.steps if not s.attempts],
-            "recovery": self.failure.to_dict() if self.failure else None,
-        }
-        # A full disk mid-run: the ledger holds the run; said once at its end.
-        self.artifacts.write_run(data, final=final, recorded=self.recorder.ledger is not None
-                                 or self.failure is not None)
+        return {"framework": "django", "django_version": django.get_version(),
+                "settings": self.settings.django_settings,
+                "database_alias": self.settings.database_alias,
+                "heads_after": self.heads_after}
 
 
 def _ms_since(start: float) -> int:
     return round((time.monotonic() - start) * 1000)
 
-
-_OUTCOMES = {ExitCode.OK: "success", ExitCode.USAGE: "usage-error",
-             ExitCode.PREFLIGHT: "preflight-refused", ExitCode.LOCK_BUSY: "lock-busy",
-             ExitCode.MIGRATION_FAILED: "migration-failed", ExitCode.PARTIAL_APPLY: "partial-apply",
-             ExitCode.UNREACHABLE: "unreachable", ExitCode.INTERRUPTED: "interrupted"}
-
-
-def _outcome(code: ExitCode) -> str:
-    """The same outcome names as the Alembic path's (runner.frameworks.alembic.commands.upgrade)."""
-    return _OUTCOMES.get(code, "internal-error")

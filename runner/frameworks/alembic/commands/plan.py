@@ -33,7 +33,7 @@ from runner.frameworks.alembic.planning.history import (
 from runner.frameworks.alembic.planning.offline import offline_sql
 from runner.frameworks.alembic.planning.transactional import non_transactional_reasons
 from runner.frameworks.alembic.probe import ProbeResult, probe
-from runner.frameworks.alembic.project import Project, load_project
+from runner.frameworks.alembic.project import Project, load_project, point_at
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger, mask_value
 from runner.recovery.runs import PastRun, RunHistory, refusal, still_open
@@ -102,7 +102,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                            "lint": {"mode": args.lint, "rules": args.lint_rules, "findings": 0},
                            "allowed": False}
     try:
-        with embedded_database(settings, project, log):
+        with embedded_database(settings, log, point_at(project)):
             history, current, steps = _preflight(settings, args, project, hint, doc, log)
         planned = _describe(project, history, current, steps, log)
         if args.lint != "off":

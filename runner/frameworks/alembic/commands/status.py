@@ -16,7 +16,7 @@ from runner.db.lock import version_table_key
 from runner.frameworks.alembic.planning.history import applied, load_history, unknown_revisions
 from runner.frameworks.alembic.planning.history import pending as _pending
 from runner.frameworks.alembic.probe import ProbeResult, probe
-from runner.frameworks.alembic.project import Project, load_project
+from runner.frameworks.alembic.project import Project, load_project, point_at
 from runner.lifecycle import embedded_database
 from runner.logging import get_logger
 from runner.recovery.runs import PastRun, RunHistory, still_open
@@ -66,7 +66,8 @@ def read(conn: psycopg.Connection[Any], found: ProbeResult, settings: Settings) 
 
 def collect(settings: Settings) -> dict[str, Any]:
     project = load_project(settings)
-    with embedded_database(settings, project, get_logger()):  # --embedded: a throwaway server
+    # --embedded: a throwaway server
+    with embedded_database(settings, get_logger(), point_at(project)):
         return _collect(settings, project)
 
 
