@@ -60,6 +60,17 @@ class Database:
     server_version: str
 
 
+def read_source(path: str | None) -> str:
+    """A step's file text by its path ("" without one, or when it cannot be read)."""
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
 class Adapter(Protocol):
     """The few things that differ per framework (ARCHITECTURE-NEXT.md)."""
 

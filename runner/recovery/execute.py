@@ -1,21 +1,24 @@
-"""Carrying out a recovery plan, for every framework: confirm, drop the recorded leftovers
-that are still as recorded (with lock_timeout and upgrade's retries), record a fix made by
-hand. The adapters say only what differs: which lock, what "applied" means, the stamp.
+"""`recover` for every framework: which run to recover, the plan shown, "nothing to recover"
+with the invalid objects no failed run recorded, the check that the failed run's session is
+gone; carrying the plan out: confirm, drop the recorded leftovers that are still as recorded
+(with lock_timeout and upgrade's retries), record a fix made by hand. The adapters say only
+what differs: which lock, what "applied" means, the stamp.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Protocol
 
 import psycopg
 
-from runner.db import objects
+from runner.db import catalog, objects
 from runner.db.failures import LOCK_RACE
 from runner.db.lock import AdvisoryLock
 from runner.durations import to_postgres_ms
-from runner.errors import PreflightError, UsageError
-from runner.recovery.plan import Failure
+from runner.errors import LockBusyError, PreflightError, UsageError
+from runner.recovery.plan import Failure, RecoveryPlan, render_markdown
 from runner.recovery.runs import PastRun, RunHistory
 from runner.settings import Settings
 
@@ -28,6 +31,47 @@ class Recovering(Protocol):
     def unresolved(self) -> PastRun | None: ...
 
     def lock(self) -> AdvisoryLock: ...
+
+
+def last_clean_failure(history: RunHistory) -> PastRun | None:
+    """The last run, when it failed and rolled back cleanly (exit 5): its plan is shown."""
+    runs = history.runs()
+    latest = runs[0] if runs else None
+    return latest if latest is not None and latest.outcome == "migration-failed" else None
+
+
+def nothing(conn: psycopg.Connection[Any], origin: str, log: Any) -> None:
+    """No failure to recover: said, with the invalid indexes / NOT VALID constraints that no
+    failed run recorded (listed, never dropped here: whoever made them decides)."""
+    others = catalog.invalid_indexes(conn) + catalog.not_valid_constraints(conn)
+    print(f"nothing to recover: no unresolved failure recorded ({origin})")
+    for obj in others:
+        print(f"not touched: {obj['kind']} {obj['schema']}.{obj['name']} on {obj['table']} "
+              "(no failed run recorded it)")
+    log.info("recovery.nothing", source=origin, unrecorded=len(others))
+
+
+def show(plan: RecoveryPlan, run: PastRun, origin: str, fmt: str, log: Any) -> None:
+    """The plan, as text or JSON on stdout, and its event."""
+    print(render_markdown(plan) if fmt == "text" else json.dumps(plan.to_dict(), indent=2))
+    log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
+             leftovers=len(plan.leftover_objects), commands=plan.commands,
+             run=run.run_id, source=origin)
+
+
+def refuse_while_still_running(conn: psycopg.Connection[Any], running: dict[str, Any]) -> None:
+    """A killed runner's backend can go on (a CREATE INDEX CONCURRENTLY) until it next talks
+    to its client: what it does then must not race with recovery (exit 4, retry later)."""
+    pid = running.get("pid")
+    if pid is None:
+        return
+    row = conn.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND datname = current_database() "
+        "AND application_name = 'safe-migrate-migration'", (pid,)).fetchone()
+    if row is not None:
+        raise LockBusyError(
+            f"the failed run's migration session (pid {pid}) is still running on the "
+            "server: wait for it to end, or end it with pg_terminate_backend, then retry")
 
 
 def confirm(yes: bool) -> None:

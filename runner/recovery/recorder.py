@@ -18,6 +18,7 @@ from runner.db import ledger as ledger_mod
 from runner.db import objects
 from runner.db.ledger import Identity, Ledger
 from runner.errors import UsageError
+from runner.frameworks.base import read_source
 from runner.recovery import leftovers
 from runner.recovery.plan import PARTIAL_APPLY, Failure
 from runner.recovery.runs import PastRun, refusal, still_open
@@ -106,10 +107,6 @@ class Recorder:
         if before is None or self.conn is None:
             failure.leftovers_known = False
             return failure
-        from runner.frameworks.alembic.planning.history import (
-            read_source,  # alembic: only once a step failed
-        )
-
         try:
             failure.leftovers, failure.unattributed = leftovers.record(
                 self.conn, before, read_source(path))

@@ -13,7 +13,6 @@ unapply: the rollback SQL of its leftovers is the whole recovery.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from typing import Any
 
@@ -22,7 +21,8 @@ import psycopg
 from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock, lock_key
-from runner.errors import LockBusyError, PreflightError
+from runner.errors import PreflightError
+from runner.frameworks.base import read_source
 from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
 from runner.logging import get_logger
@@ -63,11 +63,6 @@ class DjangoRecovery:
         runs = still_open(self.history.unresolved(), self.is_applied)
         return runs[0] if runs else None
 
-    def last_clean_failure(self) -> PastRun | None:
-        runs = self.history.runs()
-        latest = runs[0] if runs else None
-        return latest if latest is not None and latest.outcome == "migration-failed" else None
-
     def failure_of(self, run: PastRun) -> core_plan.Failure:
         """The recorded failure; for a run that died mid-step, what is new since its
         pre-step record, attributed to the migration's code."""
@@ -84,14 +79,9 @@ class DjangoRecovery:
         if before is None:
             failure.leftovers_known = False
             return failure
-        pid = running.get("pid")
-        if pid is not None and self.conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND application_name = "
-                "'safe-migrate-migration'", (pid,)).fetchone():
-            raise LockBusyError(f"the failed run's migration session (pid {pid}) is still "
-                                "running: wait for it to end, or pg_terminate_backend it")
-        source = open(path, encoding="utf-8").read() if path else ""  # noqa: SIM115
-        failure.leftovers, failure.unattributed = leftovers.record(self.conn, before, source)
+        execute.refuse_while_still_running(self.conn, running)
+        failure.leftovers, failure.unattributed = leftovers.record(self.conn, before,
+                                                                   read_source(path))
         return failure
 
     def plan(self, failure: core_plan.Failure, run: PastRun) -> core_plan.RecoveryPlan:
@@ -157,18 +147,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         job = DjangoRecovery(settings, connection, conn, log)
         if args.mark_resolved:
             return execute.mark_resolved(job, args.note, log)
-        past = job.unresolved() or job.last_clean_failure()
+        past = job.unresolved() or execute.last_clean_failure(job.history)
         if past is None:
-            print(f"nothing to recover: no unresolved failure recorded ({job.history.origin})")
-            log.info("recovery.nothing", source=job.history.origin)
+            execute.nothing(conn, job.history.origin, log)
             return 0
         failure = job.failure_of(past)
-        plan = job.plan(failure, past)
-        print(core_plan.render_markdown(plan) if args.format == "text"
-              else json.dumps(plan.to_dict(), indent=2))
-        log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
-                 leftovers=len(plan.leftover_objects), commands=plan.commands,
-                 run=past.run_id, source=job.history.origin)
+        execute.show(job.plan(failure, past), past, job.history.origin, args.format, log)
         if not args.execute:
             return 0
         execute.confirm(args.yes)

@@ -6,8 +6,9 @@ import json
 import signal
 import time
 
+import psycopg
 import pytest
-from support import advisory_locks, open_transaction, run_dir
+from support import advisory_locks, json_events, open_transaction, run_dir
 
 FAIL_ATOMIC = '''
 from django.db import migrations, models
@@ -198,6 +199,25 @@ def test_failing_concurrent_unique_index_exit_6_recovered_then_upgraded(django_p
     assert ("shop", "0004_sku_unique") in _applied(sql)
     assert sql("SELECT indisvalid FROM pg_index WHERE indexrelid = "
                "'shop_product_sku_uniq'::regclass") == [(True,)]
+
+
+def test_recover_lists_invalid_objects_no_failed_run_recorded_and_leaves_them(django_project,
+                                                                               sql):
+    """As on the Alembic path: "nothing to recover", and an invalid index made by hand is named
+    as not touched (whoever made it decides), never dropped."""
+    assert django_project.run("upgrade", "--no-schema-diff").code == 0
+    sql("INSERT INTO shop_product (sku, name, status) VALUES ('a', 'x', 'draft'), "
+        "('a', 'y', 'draft')")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        sql("CREATE UNIQUE INDEX CONCURRENTLY by_hand_uniq ON shop_product (sku)")
+    proc = django_project.spawn("recover", "--execute", "--yes")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "nothing to recover" in out
+    assert "not touched: invalid_index public.by_hand_uniq on shop_product" in out
+    assert [e["unrecorded"] for e in json_events(err) if e["event"] == "recovery.nothing"] == [1]
+    assert sql("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+               "'by_hand_uniq'::regclass") == [(False,)]
 
 
 def test_preflight_refusals_exit_3_with_the_fix(django_project, sql):

@@ -14,7 +14,6 @@ Safety rules (never destroy what the failed run did not create):
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from typing import Any
 
@@ -24,11 +23,12 @@ from alembic import command
 from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock
-from runner.errors import LockBusyError, PreflightError
-from runner.frameworks.alembic.planning.history import applied, read_source
+from runner.errors import PreflightError
+from runner.frameworks.alembic.planning.history import applied
 from runner.frameworks.alembic.planning.offline import downgrade_template
 from runner.frameworks.alembic.probe import ProbeResult, probe
 from runner.frameworks.alembic.project import Project, load_project
+from runner.frameworks.base import read_source
 from runner.logging import get_logger
 from runner.recovery import execute, leftovers
 from runner.recovery import plan as recovery
@@ -85,11 +85,6 @@ class Recovery:
                           lambda rev: applied(self.project.script, heads, rev))
         return runs[0] if runs else None
 
-    def last_clean_failure(self) -> PastRun | None:
-        runs = self.history.runs()
-        latest = runs[0] if runs else None
-        return latest if latest is not None and latest.outcome == "migration-failed" else None
-
     def failure_of(self, run: PastRun) -> recovery.Failure:
         """The run's recorded failure; for a run that died mid-step, recorded now: what is
         new since its pre-step record, attributed to the revision's code."""
@@ -107,24 +102,10 @@ class Recovery:
         if before is None:
             failure.leftovers_known = False
             return failure
-        self._refuse_while_still_running(running)
+        execute.refuse_while_still_running(self.conn, running)
         failure.leftovers, failure.unattributed = leftovers.record(
             self.conn, before, read_source(path))
         return failure
-
-    def _refuse_while_still_running(self, running: dict[str, Any]) -> None:
-        """A killed runner's backend can go on (a CREATE INDEX CONCURRENTLY) until it next
-        talks to its client: what it does then must not race with recovery."""
-        pid = running.get("pid")
-        if pid is None:
-            return
-        row = self.conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND datname = current_database() "
-            "AND application_name = 'safe-migrate-migration'", (pid,)).fetchone()
-        if row is not None:
-            raise LockBusyError(
-                f"the failed run's migration session (pid {pid}) is still running on the "
-                "server: wait for it to end, or end it with pg_terminate_backend, then retry")
 
     def plan(self, failure: recovery.Failure, run: PastRun) -> recovery.RecoveryPlan:
         down = failure.down_revision
@@ -191,17 +172,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         job = Recovery(settings, project, found, conn, log)
         if args.mark_resolved:
             return execute.mark_resolved(job, args.note, log)
-        run_ = job.unresolved() or job.last_clean_failure()
+        run_ = job.unresolved() or execute.last_clean_failure(job.history)
         if run_ is None:
-            _nothing(job, log)
+            execute.nothing(conn, job.history.origin, log)
             return 0
         failure = job.failure_of(run_)
-        plan = job.plan(failure, run_)
-        print(recovery.render_markdown(plan) if args.format == "text"
-              else json.dumps(plan.to_dict(), indent=2))
-        log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
-                 leftovers=len(plan.leftover_objects), commands=plan.commands,
-                 run=run_.run_id, source=job.history.origin)
+        execute.show(job.plan(failure, run_), run_, job.history.origin, args.format, log)
         if not args.execute:
             return 0
         execute.confirm(args.yes)
@@ -215,16 +191,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             lock.close()
     return 0
-
-
-def _nothing(job: Recovery, log: Any) -> None:
-    others = catalog.invalid_indexes(job.conn) + catalog.not_valid_constraints(job.conn)
-    print(f"nothing to recover: no unresolved failure recorded ({job.history.origin})")
-    for obj in others:
-        # Not recorded by any failed run: whoever made it decides (never dropped here).
-        print(f"not touched: {obj['kind']} {obj['schema']}.{obj['name']} on {obj['table']} "
-              "(no failed run recorded it)")
-    log.info("recovery.nothing", source=job.history.origin, unrecorded=len(others))
 
 
 def _heads_before_step(down: Any) -> list[str]:

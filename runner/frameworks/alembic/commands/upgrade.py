@@ -34,12 +34,11 @@ from runner.frameworks.alembic.planning.history import (
     check_target,
     load_history,
     pending,
-    read_source,
 )
 from runner.frameworks.alembic.planning.offline import downgrade_template
 from runner.frameworks.alembic.probe import probe
 from runner.frameworks.alembic.project import Project, load_project, point_at
-from runner.frameworks.base import Database, Step
+from runner.frameworks.base import Database, Step, read_source
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
 from runner.recovery.plan import PARTIAL_APPLY, VERIFICATION_FAILED, Failure, RecoveryPlan

@@ -27,6 +27,7 @@ from runner.errors import (
     UnknownDatabaseRevisionError,
     UsageError,
 )
+from runner.frameworks.base import read_source
 
 
 class History:
@@ -298,14 +299,3 @@ def applied(script: ScriptDirectory, heads: tuple[str, ...] | list[str], revisio
 def revision_source(script: Script) -> str:
     """The revision file's text ("" if it cannot be read: the markers then find nothing)."""
     return read_source(script.path)
-
-
-def read_source(path: str | None) -> str:
-    """A revision file's text by its path ("" without one, or when it cannot be read)."""
-    if not path:
-        return ""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""
