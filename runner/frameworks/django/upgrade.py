@@ -440,22 +440,23 @@ class DjangoUpgrade(UpgradeDriver):
         return MigrationFailedError(f"{where} failed and was rolled back ({what}){blockers}",
                                     revision=step.id)
 
-    def _applied_now(self) -> set[tuple[str, str]] | None:
-        if self.side is None or self.side.closed:
-            return None
-        try:
-            rows = self.side.execute(f'SELECT app, name FROM "{self.schema}".django_migrations'
-                                     ).fetchall()
-        except psycopg.Error:
-            return None
+    def _applied(self) -> set[tuple[str, str]]:
+        assert self.side is not None
+        rows = self.side.execute(f'SELECT app, name FROM "{self.schema}".django_migrations'
+                                 ).fetchall()
         return {(str(a), str(n)) for a, n in rows}
 
     def read_heads(self) -> list[str] | None:
-        applied_now = self._applied_now()
-        return None if applied_now is None else dj.Applied(applied_now).heads()
+        if self.side is None or self.side.closed:
+            return None
+        try:
+            return dj.Applied(self._applied()).heads()
+        except psycopg.Error:
+            return None
 
     def check_target(self) -> list[str] | None:
-        applied = self._applied_now() or set()
+        # The session lost here: exit 7, as on the Alembic path (UpgradeDriver.execute).
+        applied = self._applied()
         missing = [s.id for s in self.planned if tuple(s.id.split(".", 1)) not in applied]
         if missing:
             self.log.error("verification.failed", missing=missing)
