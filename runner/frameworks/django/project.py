@@ -102,6 +102,19 @@ def load_graph() -> Any:
     return loader
 
 
+def anything_pending(connection: Any, loader: Any) -> bool:
+    """Before the lock, a guess that only starts work early (the before-snapshot): whether
+    a migration of the graph is not recorded in django_migrations. True when it cannot tell;
+    the run plans again under the lock."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    try:
+        applied = MigrationRecorder(connection).applied_migrations()
+    except Exception:  # noqa: BLE001 - unreachable, no privilege...: the run says it, later
+        return True
+    return any(node not in applied for node in loader.graph.nodes)
+
+
 MODEL_CHANGE_MODES = ("error", "warn", "off")
 
 

@@ -41,6 +41,7 @@ from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
+from runner.recovery import traps
 from runner.recovery.plan import PARTIAL_APPLY, VERIFICATION_FAILED, Failure, RecoveryPlan
 from runner.settings import Settings
 from runner.upgrade import UpgradeDriver, find_pg_dump
@@ -78,6 +79,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             raise
         job = DjangoUpgrade(settings, connection, loader, artifacts, log, finding, interrupted)
         job.lint_findings = findings
+        if settings.schema_diff:  # then pg_dump starts as soon as the lock is held
+            job.expect_pending = dj.anything_pending(connection, loader)
         return job.execute()
 
 
@@ -131,6 +134,7 @@ class DjangoUpgrade(UpgradeDriver):
         self.monitor: Monitor | None = None
         self.pid: int | None = None
         self.schema = "public"
+        self.schemas: tuple[str, ...] = ()
         self.executor: Any = None
         self.writes = 0  # statements of the running step that changed something
         # Session-level SETs outlive each migration's transaction: sent once at connect,
@@ -186,8 +190,8 @@ class DjangoUpgrade(UpgradeDriver):
                     cursor.execute("SET idle_session_timeout = 0")  # idles while we lock
                 cursor.execute("SELECT pg_backend_pid(), current_schema(), "
                                "current_setting('transaction_read_only') = 'on', "
-                               "pg_is_in_recovery()")
-                pid, schema, read_only, in_recovery = cursor.fetchone()
+                               "pg_is_in_recovery(), current_schemas(false)")
+                pid, schema, read_only, in_recovery, schemas = cursor.fetchone()
         except DatabaseError as exc:
             raise DatabaseUnreachableError(
                 f"cannot connect to {mask(url)}: {first_line(mask_text(str(exc)))}"
@@ -197,6 +201,7 @@ class DjangoUpgrade(UpgradeDriver):
 
             raise read_only_error(bool(in_recovery))
         self.pid, self.schema = int(pid), str(schema or "public")
+        self.schemas = tuple(str(name) for name in schemas or ())  # where its names go
         side = self.side
         db = Database(url=url, version_table=dj.VERSION_TABLE, version_schema=self.schema,
                       server_version_num=side.info.server_version,
@@ -213,6 +218,9 @@ class DjangoUpgrade(UpgradeDriver):
                                interval=sample_interval(self.settings.lock_timeout))
         self.monitor.start()
         self.opened(db, side, monitor=self.monitor)
+
+    def refuse_invalid(self, invalid: list[dict[str, str]], pending: list[Step]) -> None:
+        traps.refuse_invalid_names(invalid, pending, self.schemas)
 
     def _apply_all(self, migrations: list[Any]) -> None:
         """As `manage.py migrate` does around its executor: pre_migrate with the state before,

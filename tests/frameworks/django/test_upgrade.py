@@ -201,6 +201,25 @@ def test_failing_concurrent_unique_index_exit_6_recovered_then_upgraded(django_p
                "'shop_product_sku_uniq'::regclass") == [(True,)]
 
 
+def test_a_re_run_over_an_invalid_index_is_refused(django_project, sql):
+    """The IF NOT EXISTS trap, as on the Alembic path: the failed CREATE UNIQUE INDEX
+    CONCURRENTLY IF NOT EXISTS left an INVALID index; marked resolved without dropping it, a
+    re-run would skip the CREATE and record the migration over an index that enforces nothing
+    (it was exit 0)."""
+    assert django_project.run("upgrade", "--no-schema-diff").code == 0
+    sql("INSERT INTO shop_product (sku, name, status) VALUES ('a', 'x', 'draft'), "
+        "('a', 'y', 'draft')")
+    django_project.migration("shop", "0004_sku_unique", UNIQUE_CONCURRENTLY.replace(
+        "CONCURRENTLY shop_product_sku_uniq", "CONCURRENTLY IF NOT EXISTS shop_product_sku_uniq"))
+    assert django_project.run("upgrade", "--no-schema-diff").code == 6
+    assert django_project.run("recover", "--mark-resolved").code == 0  # "fixed", wrongly
+    sql("DELETE FROM shop_product WHERE name = 'y'")
+    again = django_project.run("upgrade", "--no-schema-diff")
+    assert again.code == 3, again.stderr[-2000:]
+    assert "shop_product_sku_uniq" in again.error() and "INVALID" in again.error()
+    assert ("shop", "0004_sku_unique") not in _applied(sql)
+
+
 def test_recover_lists_invalid_objects_no_failed_run_recorded_and_leaves_them(django_project,
                                                                                sql):
     """As on the Alembic path: "nothing to recover", and an invalid index made by hand is named

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import threading
 import time
@@ -38,9 +37,10 @@ from runner.frameworks.alembic.planning.history import (
 from runner.frameworks.alembic.planning.offline import downgrade_template
 from runner.frameworks.alembic.probe import probe
 from runner.frameworks.alembic.project import Project, load_project, point_at
-from runner.frameworks.base import Database, Step, read_source
+from runner.frameworks.base import Database, Step
 from runner.lifecycle import embedded_database, interruptible
 from runner.logging import get_logger
+from runner.recovery import traps
 from runner.recovery.plan import PARTIAL_APPLY, VERIFICATION_FAILED, Failure, RecoveryPlan
 from runner.settings import Settings, add_lint_argument, check_lint_arguments
 from runner.upgrade import UpgradeDriver, find_pg_dump
@@ -191,7 +191,7 @@ class UpgradeJob(UpgradeDriver):
                    snapshot=self.expected_schema is not None)
 
     def refuse_invalid(self, invalid: list[dict[str, str]], pending: list[Step]) -> None:
-        _refuse_invalid_names(invalid, pending, self.migrator.schemas)
+        traps.refuse_invalid_names(invalid, pending, self.migrator.schemas)
 
     def check_before(self) -> None:
         """--expected-schema: drift before the run is exit 3, nothing ran."""
@@ -261,48 +261,4 @@ class UpgradeJob(UpgradeDriver):
 
     def run_extras(self) -> dict[str, Any]:
         return {"alembic_version": alembic.__version__, "config": str(self.settings.config_file)}
-
-
-def _refuse_invalid_names(invalid: list[dict[str, str]], pending: list[Step],
-                          schemas: tuple[str, ...]) -> None:
-    """The IF NOT EXISTS trap: a pending migration that creates an index or constraint whose
-    name exists as an INVALID index / NOT VALID constraint would "succeed" over it. Only where
-    its names go: the session's search path, or a schema its code names (another tenant's
-    invalid index of the same name is no trap for this one)."""
-    if not invalid:
-        return
-    for rec in pending:
-        source = read_source(rec.path)
-        for obj in invalid:
-            if (obj["schema"] in schemas or names_schema(source, obj["schema"])) and creates_name(
-                    source, obj["name"]):
-                kind = "an INVALID index" if obj["kind"] == "invalid_index" else (
-                    "a NOT VALID constraint")
-                raise PreflightError(
-                    f"pending migration {rec.id} creates {obj['name']}, which exists as "
-                    f"{kind} on {obj['schema']}.{obj['table']}: a re-run with IF NOT EXISTS "
-                    "would skip it and stamp the revision over it; run `safe-migrate recover`, "
-                    "or drop it (DROP INDEX CONCURRENTLY) / validate it first",
-                    revision=rec.id, name=obj["name"])
-
-
-def names_schema(source: str, schema: str) -> bool:
-    """Whether a revision's code names `schema` (schema="x", x.table, "x"."t") as a word."""
-    return re.search(rf"(?<![\w$]){re.escape(schema)}(?![\w$])", source, re.I) is not None
-
-
-_CREATES = (r"create_index\(\s*(?:op\.f\(\s*)?['\"]{name}['\"]",
-            r"create_(?:unique|check|foreign_key|exclude|primary_key)_constraint\(\s*"
-            r"(?:op\.f\(\s*)?['\"]{name}['\"]",
-            r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
-            r"\"?{name}\"?[\s(]",
-            r"ADD\s+CONSTRAINT\s+\"?{name}\"?\s")
-
-
-def creates_name(source: str, name: str) -> bool:
-    """Whether a revision's code creates an index or constraint called `name`."""
-    if name.lower() not in source.lower():
-        return False  # the common case, without a pattern
-    escaped = re.escape(name)
-    return any(re.search(p.format(name=escaped), source, re.I) for p in _CREATES)
 
