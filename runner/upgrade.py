@@ -299,6 +299,7 @@ class UpgradeDriver:
                 self._heads_after()
             except (psycopg.Error, SafeMigrateError):
                 self.heads_after = self.heads_after or []
+            self._settle_snapshot()
             self.close()
             if self.journal is not None:
                 self.journal.close()
@@ -312,6 +313,14 @@ class UpgradeDriver:
                                   + (f"; {error.message}" if error else ""))
             github.report_upgrade(self.artifacts.directory, self.lint_findings)  # never raises
         return code
+
+    def _settle_snapshot(self) -> None:
+        """The early pg_dump still runs when the run ended before it was needed (a refusal,
+        an error): wait for it before the lock goes, so that no other runner's first DDL
+        queues behind its ACCESS SHARE locks."""
+        if self.taking_before is not None:
+            with contextlib.suppress(Exception):
+                self.taking_before.result()
 
     def _artifacts_failed(self, exc: Exception) -> None:
         self.log.error("artifacts.failed",

@@ -24,6 +24,7 @@ from support import (
 )
 
 from runner.db.lock import lock_key
+from runner.embedded import bin_dir
 
 # r2 commits a table of its own (autocommit block), then fails: a partial apply.
 PARTIAL = [
@@ -412,6 +413,20 @@ DUPLICATES = [
            "    op.execute('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ix_items_name "
            "ON items (name)')"),
 ]
+
+
+def test_a_refused_run_releases_the_lock_only_after_its_early_pg_dump(make_project, db, sql,
+                                                                       run_cli, tmp_path,
+                                                                       failing):
+    """The before-snapshot's pg_dump starts once the lock is held; a run refused before it was
+    needed (an unresolved failure, exit 3) waits for it: another runner that takes the lock
+    next never has its DDL wait on that pg_dump's locks."""
+    project = make_project(PARTIAL)
+    partial_apply(project, db, run_cli, tmp_path)
+    assert run_cli(cli_args(project, db, "--pg-dump", str(bin_dir() / "pg_dump"),
+                            artifacts=tmp_path / "again")) == 3
+    assert sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+               "'safe-migrate-pg_dump'") == [(0,)]
 
 
 def test_a_re_run_over_an_invalid_index_is_refused(make_project, db, sql, run_cli, tmp_path,
