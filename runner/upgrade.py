@@ -55,6 +55,7 @@ from runner.urls import mask, mask_text
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
+    from runner.db.lock import AdvisoryLock
     from runner.db.monitor import Monitor
     from runner.schema.snapshot import Snapshot
 
@@ -68,6 +69,43 @@ def find_pg_dump(settings: Settings) -> Future[Path] | None:
     from runner.schema import snapshot
 
     return snapshot.start_find_pg_dump(settings.pg_dump)
+
+
+# -- one step's bookkeeping, around the framework's apply -----------------------------------
+def check_lock(lock: AdvisoryLock, step: Step, log: Any) -> None:
+    """Before a step: the advisory lock's session must still be there (exit 7 if not)."""
+    if lock.alive():
+        return
+    lock.held = False  # it went with its session: nothing to release
+    log.error("lock.lost", key=lock.key, next_revision=step.id)
+    raise DatabaseUnreachableError(
+        "the advisory lock's session was lost (terminated, or the server restarted), so "
+        f"another runner may start: stopped before migration {step.id}, which did not run",
+        revision=step.id)
+
+
+def unwatch(monitor: Monitor, step: Step) -> None:
+    """After a step's attempt: how long it waited on locks, and on whom."""
+    blockers, waited = monitor.unwatch()
+    step.lock_wait_ms += round(waited * 1000)
+    if blockers:
+        step.blockers = [b.to_dict() for b in blockers]
+
+
+def log_failed(log: Any, step: Step, **extra: Any) -> None:
+    log.error("migration.failed", revision=step.id, attempt=step.attempts, partial=step.partial,
+              duration_ms=step.duration_ms, **(step.error or {}),
+              blocking_pids=[b["pid"] for b in step.blockers], **extra)
+
+
+def log_retry(log: Any, step: Step, sleep: float | None) -> None:
+    """A lost lock race, retried after `sleep`: the step is pending again."""
+    assert step.error is not None and sleep is not None
+    log.warning("migration.retry", revision=step.id, attempt=step.attempts,
+                sleep_s=round(sleep, 3), sqlstate=step.error["sqlstate"],
+                error=step.error["message"], blocking_pids=[b["pid"] for b in step.blockers],
+                blockers=step.blockers)
+    step.outcome = "pending"
 
 
 class UpgradeDriver:

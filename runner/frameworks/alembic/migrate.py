@@ -74,6 +74,7 @@ from runner.frameworks.alembic.project import Project, fresh_attributes
 from runner.frameworks.base import Database, Step
 from runner.logging import quiet_alembic
 from runner.settings import Settings
+from runner.upgrade import check_lock, log_failed, log_retry, unwatch
 from runner.urls import SQLALCHEMY_2, mask, mask_text
 
 SIDE_SESSION = "safe-migrate-monitor"  # application_name of the monitor / ledger session
@@ -235,14 +236,8 @@ class Migrator:
                 and not self.interrupted.is_set() and sqlstate_of(exc) in LOCK_RACE)
 
     def _log_retry(self, state: RetryCallState) -> None:
-        rec = self.current
-        assert rec is not None and rec.error is not None
-        self.log.warning(
-            "migration.retry", revision=rec.id, attempt=rec.attempts,
-            sleep_s=round(state.upcoming_sleep, 3), sqlstate=rec.error["sqlstate"],
-            error=rec.error["message"], blocking_pids=[b["pid"] for b in rec.blockers],
-            blockers=rec.blockers)
-        rec.outcome = "pending"
+        assert self.current is not None
+        log_retry(self.log, self.current, state.upcoming_sleep)
 
     # -- env.py hooks -------------------------------------------------------------------
     def _configure(self, original: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -350,9 +345,7 @@ class Migrator:
                 rec.outcome = "partial"
                 rec.partial = True
                 self.current = rec
-                self.log.error("migration.failed", revision=rec.id, attempt=rec.attempts,
-                               partial=True, duration_ms=rec.duration_ms,
-                               reason="ran its own COMMIT or ROLLBACK")
+                log_failed(self.log, rec, reason="ran its own COMMIT or ROLLBACK")
                 raise PartialApplyError(
                     f"migration {rec.id} ran its own COMMIT or ROLLBACK inside its "
                     "transaction: what it did is no longer one unit (part of it may have been "
@@ -378,7 +371,8 @@ class Migrator:
         def run_step(**kw: Any) -> None:
             if self.interrupted.is_set():
                 raise InterruptedRunError("interrupted before the next migration")
-            self._check_lock(rec)
+            assert self.lock is not None
+            check_lock(self.lock, rec, self.log)
             self.current = rec
             rec.attempts += 1
             rec.error = None
@@ -402,34 +396,14 @@ class Migrator:
                 rec.outcome = "failed"
                 rec.error = error_info(exc, rec.path)
                 rec.partial = self._committed(xid, rec) or rec.broke_transaction
-                self._finish_watch(rec)
+                unwatch(self.monitor, rec)
                 rec.duration_ms = _ms_since(rec.started_at)
-                self.log.error("migration.failed", revision=rec.id, attempt=rec.attempts,
-                               partial=rec.partial, duration_ms=rec.duration_ms, **rec.error,
-                               blocking_pids=[b["pid"] for b in rec.blockers])
+                log_failed(self.log, rec)
                 raise
             self._in_step = None
-            self._finish_watch(rec)
+            unwatch(self.monitor, rec)
 
         return run_step
-
-    def _check_lock(self, rec: Step) -> None:
-        assert self.lock is not None
-        if self.lock.alive():
-            return
-        self.lock.held = False  # it went with its session: nothing to release
-        self.log.error("lock.lost", key=self.lock.key, next_revision=rec.id)
-        raise DatabaseUnreachableError(
-            "the advisory lock's session was lost (terminated, or the server restarted), so "
-            f"another runner may start: stopped before migration {rec.id}, which did "
-            "not run", revision=rec.id)
-
-    def _finish_watch(self, rec: Step) -> None:
-        assert self.monitor is not None
-        blockers, waited = self.monitor.unwatch()
-        rec.lock_wait_ms += round(waited * 1000)
-        if blockers:
-            rec.blockers = [b.to_dict() for b in blockers]
 
     def _committed(self, xid: str, rec: Step) -> bool:
         assert self.monitor is not None

@@ -44,7 +44,14 @@ from runner.logging import get_logger
 from runner.recovery import traps
 from runner.recovery.plan import PARTIAL_APPLY, VERIFICATION_FAILED, Failure, RecoveryPlan
 from runner.settings import Settings
-from runner.upgrade import UpgradeDriver, find_pg_dump
+from runner.upgrade import (
+    UpgradeDriver,
+    check_lock,
+    find_pg_dump,
+    log_failed,
+    log_retry,
+    unwatch,
+)
 from runner.urls import mask, mask_text
 
 CONNECTION_LOST = ("57P01", "57P02", "57P03", "08")
@@ -260,20 +267,14 @@ class DjangoUpgrade(UpgradeDriver):
             wait_exponential_jitter,
         )
 
-        def log_retry(retry: RetryCallState) -> None:
-            assert step.error is not None and retry.upcoming_sleep is not None
-            self.log.warning("migration.retry", revision=step.id, attempt=step.attempts,
-                             sleep_s=round(retry.upcoming_sleep, 3),
-                             sqlstate=step.error["sqlstate"], error=step.error["message"],
-                             blocking_pids=[b["pid"] for b in step.blockers],
-                             blockers=step.blockers)
-            step.outcome = "pending"
+        def retrying(retry: RetryCallState) -> None:
+            log_retry(self.log, step, retry.upcoming_sleep)
 
         for attempt in Retrying(
                 retry=retry_if_exception(lambda exc: self._lost_lock_race(step, exc)),
                 stop=stop_after_attempt(self.settings.lock_retries + 1),
                 wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
-                before_sleep=log_retry, sleep=self._sleep, reraise=True):
+                before_sleep=retrying, sleep=self._sleep, reraise=True):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     # The failed attempt changed the in-memory state: rebuild it.
@@ -293,7 +294,8 @@ class DjangoUpgrade(UpgradeDriver):
     def _apply(self, migration: Any, step: Step, state: Any) -> Any:
         if self.interrupted.is_set():
             raise InterruptedRunError("interrupted before the next migration")
-        self._check_lock(step)
+        assert self.lock is not None
+        check_lock(self.lock, step, self.log)
         self.running = step
         step.attempts += 1
         step.error = None
@@ -320,13 +322,11 @@ class DjangoUpgrade(UpgradeDriver):
             dj.end_broken_atomic(self.connection)
             step.partial = (step.broke_transaction if step.transactional
                             else self._left_something(step))
-            self._unwatch(step)
+            unwatch(self.monitor, step)
             step.duration_ms = _ms_since(started)
-            self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
-                           partial=step.partial, duration_ms=step.duration_ms, **step.error,
-                           blocking_pids=[b["pid"] for b in step.blockers])
+            log_failed(self.log, step)
             raise
-        self._unwatch(step)
+        unwatch(self.monitor, step)
         step.outcome = "applied"
         step.duration_ms = _ms_since(started)
         if step.transactional and step.broke_transaction:
@@ -340,9 +340,7 @@ class DjangoUpgrade(UpgradeDriver):
         recorded it, but part of it may have been undone or committed on its own (exit 6)."""
         step.outcome = "partial"
         step.partial = True
-        self.log.error("migration.failed", revision=step.id, attempt=step.attempts,
-                       partial=True, duration_ms=step.duration_ms,
-                       reason="ran its own COMMIT or ROLLBACK")
+        log_failed(self.log, step, reason="ran its own COMMIT or ROLLBACK")
         raise PartialApplyError(
             f"migration {step.id} ran its own COMMIT or ROLLBACK inside its transaction "
             "(atomic = True): what it did is no longer one unit (part of it may have been "
@@ -383,23 +381,6 @@ class DjangoUpgrade(UpgradeDriver):
             return bool(objects.created_since(self.side, before))
         except psycopg.Error:
             return True
-
-    def _check_lock(self, step: Step) -> None:
-        assert self.lock is not None
-        if self.lock.alive():
-            return
-        self.lock.held = False
-        self.log.error("lock.lost", key=self.lock.key, next_revision=step.id)
-        raise DatabaseUnreachableError(
-            "the advisory lock's session was lost, so another runner may start: stopped "
-            f"before migration {step.id}, which did not run", revision=step.id)
-
-    def _unwatch(self, step: Step) -> None:
-        assert self.monitor is not None
-        blockers, waited = self.monitor.unwatch()
-        step.lock_wait_ms += round(waited * 1000)
-        if blockers:
-            step.blockers = [b.to_dict() for b in blockers]
 
     # -- outcome ----------------------------------------------------------------------------
     def error_of(self, exc: BaseException) -> SafeMigrateError:
