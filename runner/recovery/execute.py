@@ -18,7 +18,7 @@ from runner.db.failures import LOCK_RACE
 from runner.db.lock import AdvisoryLock
 from runner.durations import to_postgres_ms
 from runner.errors import LockBusyError, PreflightError, UsageError
-from runner.recovery.plan import Failure, RecoveryPlan, render_markdown
+from runner.recovery.plan import CLEAN_ROLLBACK, Failure, RecoveryPlan, render_markdown
 from runner.recovery.runs import PastRun, RunHistory
 from runner.settings import Settings
 
@@ -27,10 +27,44 @@ class Recovering(Protocol):
     """What both adapters' recovery jobs offer the shared steps."""
 
     history: RunHistory
+    conn: psycopg.Connection[Any]
 
     def unresolved(self) -> PastRun | None: ...
 
     def lock(self) -> AdvisoryLock: ...
+
+    def failure_of(self, run: PastRun) -> Failure: ...
+
+    def plan(self, failure: Failure, run: PastRun) -> RecoveryPlan: ...
+
+    def carry_out(self, run: PastRun, failure: Failure) -> None:
+        """Under the lock: read everything again (exit 3 if it moved), then change it."""
+        ...
+
+
+def recover(job: Recovering, args: Any, log: Any) -> int:
+    """`recover`: show the plan of the last unresolved failure (or the last clean one);
+    `--execute` carries it out under the lock, `--mark-resolved` records a fix by hand."""
+    if args.mark_resolved:
+        return mark_resolved(job, args.note, log)
+    run = job.unresolved() or last_clean_failure(job.history)
+    if run is None:
+        nothing(job.conn, job.history.origin, log)
+        return 0
+    failure = job.failure_of(run)
+    show(job.plan(failure, run), run, job.history.origin, args.format, log)
+    if not args.execute:
+        return 0
+    confirm(args.yes)
+    if failure.status == CLEAN_ROLLBACK:
+        print("nothing to carry out: the failed migration was rolled back entirely")
+        return 0
+    lock = job.lock()
+    try:
+        job.carry_out(run, failure)
+    finally:
+        lock.close()
+    return 0
 
 
 def last_clean_failure(history: RunHistory) -> PastRun | None:

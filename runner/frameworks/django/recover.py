@@ -114,6 +114,7 @@ class DjangoRecovery:
 
     def carry_out(self, run: PastRun, failure: core_plan.Failure) -> None:
         """Under the lock: re-read everything, then drop the unchanged recorded leftovers."""
+        failure = self.failure_of(run)
         if not self.history.still_unresolved(run):
             raise PreflightError(f"run {run.run_id} was resolved meanwhile: nothing was changed")
         if failure.failed_revision and self.is_applied(failure.failed_revision):
@@ -144,24 +145,4 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                           settings.database_url)
     with connect(dj.sqlalchemy_url(connection), timeout=settings.connect_timeout,
                  application_name="safe-migrate-recover") as conn:
-        job = DjangoRecovery(settings, connection, conn, log)
-        if args.mark_resolved:
-            return execute.mark_resolved(job, args.note, log)
-        past = job.unresolved() or execute.last_clean_failure(job.history)
-        if past is None:
-            execute.nothing(conn, job.history.origin, log)
-            return 0
-        failure = job.failure_of(past)
-        execute.show(job.plan(failure, past), past, job.history.origin, args.format, log)
-        if not args.execute:
-            return 0
-        execute.confirm(args.yes)
-        if failure.status == core_plan.CLEAN_ROLLBACK:
-            print("nothing to carry out: the failed migration was rolled back entirely")
-            return 0
-        lock = job.lock()
-        try:
-            job.carry_out(past, job.failure_of(past))
-        finally:
-            lock.close()
-    return 0
+        return execute.recover(DjangoRecovery(settings, connection, conn, log), args, log)

@@ -147,8 +147,9 @@ class Recovery:
                 "recover --mark-resolved` if it is fixed")
         return failure
 
-    def carry_out(self, run: PastRun, failure: recovery.Failure,
-                  plan: recovery.RecoveryPlan) -> None:
+    def carry_out(self, run: PastRun, failure: recovery.Failure) -> None:
+        failure = self.recheck(run, failure)
+        plan = self.plan(failure, run)
         drops = execute.unchanged_leftovers(self.conn, failure,
                                             "safe-migrate recover --mark-resolved")
         execute.drop(self.conn, drops, self.settings, self.log)
@@ -169,28 +170,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     found = probe(project, settings.database_url)
     with connect(found.url, timeout=settings.connect_timeout,
                  application_name="safe-migrate-recover") as conn:
-        job = Recovery(settings, project, found, conn, log)
-        if args.mark_resolved:
-            return execute.mark_resolved(job, args.note, log)
-        run_ = job.unresolved() or execute.last_clean_failure(job.history)
-        if run_ is None:
-            execute.nothing(conn, job.history.origin, log)
-            return 0
-        failure = job.failure_of(run_)
-        execute.show(job.plan(failure, run_), run_, job.history.origin, args.format, log)
-        if not args.execute:
-            return 0
-        execute.confirm(args.yes)
-        if failure.status == recovery.CLEAN_ROLLBACK:
-            print("nothing to carry out: the failed migration was rolled back entirely")
-            return 0
-        lock = job.lock()
-        try:
-            failure = job.recheck(run_, failure)
-            job.carry_out(run_, failure, job.plan(failure, run_))
-        finally:
-            lock.close()
-    return 0
+        return execute.recover(Recovery(settings, project, found, conn, log), args, log)
 
 
 def _heads_before_step(down: Any) -> list[str]:
