@@ -1,13 +1,16 @@
-"""What the framework-neutral core sees of a migration framework: steps, and an adapter.
+"""What the framework-neutral core sees of a migration framework: its steps.
 
 A step is the unit both adapters expose: the console, the ledger, retries and recovery treat
-an Alembic revision and a Django migration alike.
+an Alembic revision and a Django migration alike. The seam itself is `runner.upgrade.
+UpgradeDriver` (and `runner.recovery.execute` for recover): each framework's job subclasses
+it and provides only what differs (plan and apply the steps, what an error means there, read
+its heads, the recovery plan in its own commands, its run.json keys).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -69,26 +72,3 @@ def read_source(path: str | None) -> str:
             return handle.read()
     except OSError:
         return ""
-
-
-class Adapter(Protocol):
-    """The few things that differ per framework (ARCHITECTURE-NEXT.md)."""
-
-    #: The table that records what is applied (alembic_version, django_migrations).
-    version_table: str
-
-    def pending(self) -> list[Step]:
-        """The steps the run would apply, in order (after the framework's preflight)."""
-        ...
-
-    def apply(self, step: Step) -> None:
-        """Apply one step on the connection the core prepared (timeouts set, lock held)."""
-        ...
-
-    def sql(self, step: Step, *, backwards: bool = False) -> str:
-        """One step's SQL, forward or back (offline rendering)."""
-        ...
-
-    def stamp_command(self, step: Step) -> str:
-        """The command that records the database as being before `step`, without running it."""
-        ...
