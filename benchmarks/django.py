@@ -107,7 +107,7 @@ def run(server: Server, config: Config) -> list[Figure]:
                f"{fmt_s(median(times['migrate']))})", "≤ 1.10x", ratio <= 1.10,
                limited_by=("per run: the core's imports (structlog, tenacity; no SQLAlchemy "
                            "on this path), the lock and monitor sessions, the ledger; per "
-                           "non-atomic migration (~5 ms): the catalog record, its ledger UPDATE, "
+                           "non-atomic migration (~2 ms): the catalog record, its ledger UPDATE, "
                            "pre-step file and run.json; per migration: journal, two events"),
                data={"ratio": ratio, "runs_s": times}),
         Figure(BENCH, f"the same with the schema diff on vs manage.py migrate, {what}",
