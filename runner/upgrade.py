@@ -30,11 +30,14 @@ from runner import __version__, console, github
 from runner.artifacts import Artifacts, Journal, write_termination_log
 from runner.db import catalog
 from runner.db.connect import connect, first_line
+from runner.db.failures import error_info
 from runner.db.ledger import Identity, parse_table
 from runner.db.objects import Recorded
 from runner.errors import (
     DatabaseUnreachableError,
     ExitCode,
+    InterruptedRunError,
+    MigrationFailedError,
     PartialApplyError,
     PreflightError,
     SafeMigrateError,
@@ -106,6 +109,50 @@ def log_retry(log: Any, step: Step, sleep: float | None) -> None:
                 error=step.error["message"], blocking_pids=[b["pid"] for b in step.blockers],
                 blockers=step.blockers)
     step.outcome = "pending"
+
+
+def step_error(step: Step, exc: BaseException, *, interrupted: bool,
+               connection_lost: bool) -> SafeMigrateError:
+    """What a step that raised `exc` means, the same words and exit codes on both paths:
+    part of it committed (6), interrupted (8), its connection lost (7), or failed and rolled
+    back (5), naming the sessions that blocked it. `step.error` is what was caught when it
+    raised (the framework may have wrapped the exception since)."""
+    info = step.error or error_info(exc, step.path)
+    where = _located(step, info)
+    if step.partial:
+        step.outcome = "partial"
+        return PartialApplyError(f"{where} failed after committing part of its work "
+                                 f"({_describe(info)}): see the recovery plan",
+                                 revision=step.id)
+    if interrupted or isinstance(exc, InterruptedRunError):
+        step.outcome = "interrupted"
+        return InterruptedRunError(f"interrupted during {where}; it was rolled back",
+                                   revision=step.id)
+    if connection_lost:
+        return DatabaseUnreachableError(f"connection lost during {where} ({_describe(info)}); "
+                                        "its transaction was not committed", revision=step.id)
+    blockers = "; blocked by " + ", ".join(
+        f"pid {b['pid']} ({b.get('application_name') or '?'}: {b['query']})"
+        for b in step.blockers) if step.blockers else ""
+    return MigrationFailedError(f"{where} failed and was rolled back ({_describe(info)})"
+                                f"{blockers}", revision=step.id)
+
+
+def _describe(info: dict[str, Any]) -> str:
+    state = f"SQLSTATE {info['sqlstate']}: " if info.get("sqlstate") else ""
+    extra = "".join(f"; {label}: {info[key]}" for key, label in (("detail", "DETAIL"),
+                                                                 ("hint", "HINT"))
+                    if info.get(key))
+    return f"{state}{info['message']}{extra}"
+
+
+def _located(step: Step, info: dict[str, Any]) -> str:
+    """`migration r2 (/app/versions/r2.py:12)`: the path as recorded (absolute), since the
+    message travels (run.json, the ledger, the recovery plan read from another machine)."""
+    file, line = info.get("file") or step.path, info.get("line")
+    if not file:
+        return f"migration {step.id}"
+    return f"migration {step.id} ({file}:{line})" if line else f"migration {step.id} ({file})"
 
 
 class UpgradeDriver:

@@ -51,9 +51,7 @@ from runner.db.sessions import Sessions
 from runner.db.xact import begin_step, prepare_session
 from runner.durations import to_postgres_ms
 from runner.errors import (
-    DatabaseUnreachableError,
     InterruptedRunError,
-    MigrationFailedError,
     PartialApplyError,
     SafeMigrateError,
 )
@@ -74,7 +72,7 @@ from runner.frameworks.alembic.project import Project, fresh_attributes
 from runner.frameworks.base import Database, Step
 from runner.logging import quiet_alembic
 from runner.settings import Settings
-from runner.upgrade import check_lock, log_failed, log_retry, unwatch
+from runner.upgrade import check_lock, log_failed, log_retry, step_error, unwatch
 from runner.urls import SQLALCHEMY_2, mask, mask_text
 
 SIDE_SESSION = "safe-migrate-monitor"  # application_name of the monitor / ledger session
@@ -153,32 +151,11 @@ class Migrator:
         if isinstance(exc, PartialApplyError) or (
                 rec.outcome == "running" and isinstance(exc, SafeMigrateError)):
             return exc  # the runner's own check (a broken transaction, its pre-step record)
-        info = rec.error or error_info(exc, rec.path)
-        where = _located(rec.id, info)
         rec.partial = rec.partial or rec.broke_transaction  # its own COMMIT/ROLLBACK
-        if rec.partial:
-            rec.outcome = "partial"
-            return PartialApplyError(
-                f"{where} failed after committing part of its work ({_describe(info)}): "
-                "see the recovery plan", revision=rec.id)
-        if self.interrupted.is_set() or isinstance(exc, InterruptedRunError):
-            rec.outcome = "interrupted"
-            return InterruptedRunError(f"interrupted during {where}; it was rolled back",
-                                       revision=rec.id)
-        state = info.get("sqlstate") or ""
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and (
-                not state or state.startswith(CONNECTION_LOST)):
-            return DatabaseUnreachableError(
-                f"connection lost during {where} ({_describe(info)}); its transaction was not "
-                "committed", revision=rec.id)
-        blockers = ""
-        if rec.blockers:
-            blockers = "; blocked by " + ", ".join(
-                f"pid {b['pid']} ({b['application_name'] or '?'}: {b['query']})"
-                for b in rec.blockers)
-        return MigrationFailedError(
-            f"{where} failed and was rolled back ({_describe(info)}){blockers}",
-            revision=rec.id)
+        state = (rec.error or error_info(exc, rec.path)).get("sqlstate") or ""
+        return step_error(rec, exc, interrupted=self.interrupted.is_set(),
+                          connection_lost=isinstance(exc, sqlalchemy.exc.OperationalError) and (
+                              not state or state.startswith(CONNECTION_LOST)))
 
     def read_heads(self) -> tuple[str, ...] | None:
         if self.side is None or self.db is None:
@@ -451,23 +428,6 @@ def commit_now(connection: Connection) -> None:
         transaction.commit()
     elif not SQLALCHEMY_2:
         connection.connection.commit()
-
-
-def _describe(info: dict[str, Any]) -> str:
-    state = f"SQLSTATE {info['sqlstate']}: " if info.get("sqlstate") else ""
-    extra = "".join(f"; {label}: {info[key]}" for key, label in (("detail", "DETAIL"),
-                                                                 ("hint", "HINT"))
-                    if info.get(key))
-    return f"{state}{info['message']}{extra}"
-
-
-def _located(revision: str, info: dict[str, Any]) -> str:
-    """`migration r2 (/app/versions/r2.py:12)`: the path as recorded (absolute), since the
-    message travels (run.json, the ledger, the recovery plan read from another machine)."""
-    file, line = info.get("file"), info.get("line")
-    if not file:
-        return f"migration {revision}"
-    return f"migration {revision} ({file}:{line})" if line else f"migration {revision} ({file})"
 
 
 def _ms_since(start: float | None) -> int | None:

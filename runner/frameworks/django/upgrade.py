@@ -31,7 +31,6 @@ from runner.durations import to_postgres_ms
 from runner.errors import (
     DatabaseUnreachableError,
     InterruptedRunError,
-    MigrationFailedError,
     PartialApplyError,
     PreflightError,
     SafeMigrateError,
@@ -50,6 +49,7 @@ from runner.upgrade import (
     find_pg_dump,
     log_failed,
     log_retry,
+    step_error,
     unwatch,
 )
 from runner.urls import mask, mask_text
@@ -408,26 +408,9 @@ class DjangoUpgrade(UpgradeDriver):
             # runner's session was lost): it did not start; the error says so, with its code.
             step.outcome = "pending"
             return exc
-        info = step.error or error_info(exc, step.path)
-        where = f"migration {step.id} ({info['file']}:{info['line']})" if info.get(
-            "line") else f"migration {step.id} ({step.path})"
-        what = (f"SQLSTATE {info['sqlstate']}: " if info.get("sqlstate") else "") + str(
-            info["message"]) + (f"; DETAIL: {info['detail']}" if info.get("detail") else "")
-        if step.partial:
-            step.outcome = "partial"
-            return PartialApplyError(f"{where} failed after committing part of its work "
-                                     f"({what}): see the recovery plan", revision=step.id)
-        if self.interrupted.is_set() or isinstance(exc, InterruptedRunError):
-            step.outcome = "interrupted"
-            return InterruptedRunError(f"interrupted during {where}; it was rolled back",
-                                       revision=step.id)
-        state = str(info.get("sqlstate") or "")
-        if state.startswith(CONNECTION_LOST):
-            return DatabaseUnreachableError(f"connection lost during {where} ({what}); it was "
-                                            "not committed", revision=step.id)
-        blockers = "".join(f"; blocked by pid {b['pid']} ({b['query']})" for b in step.blockers)
-        return MigrationFailedError(f"{where} failed and was rolled back ({what}){blockers}",
-                                    revision=step.id)
+        state = str((step.error or error_info(exc, step.path)).get("sqlstate") or "")
+        return step_error(step, exc, interrupted=self.interrupted.is_set(),
+                          connection_lost=state.startswith(CONNECTION_LOST))
 
     def _applied(self) -> set[tuple[str, str]]:
         assert self.side is not None
