@@ -4,34 +4,28 @@ Every migration in Django's full plan order: migrate forward to it, back to the 
 in its app (`migrate APP PREV`), forward again, each through Django's own executor. The first
 irreversible or failing migration is named; a failed forward step stops the walk (later
 migrations build on it), a failed backward step is reported and the walk goes on.
-The scratch database is the Alembic path's
-(runner.frameworks.alembic.commands.verify.scratch_database).
+The scratch database and the timed step are the core's (runner.verify).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import time
-from collections.abc import Callable
 from typing import Any
 
 from runner.errors import PreflightError
-from runner.frameworks.alembic.commands.verify import Failure, describe_error, scratch_database
 from runner.frameworks.django import project as dj
 from runner.logging import get_logger
 from runner.settings import Settings
+from runner.verify import Steps, scratch_database
 
 FORWARD, BACKWARD, REFORWARD = "upgrade", "downgrade", "re-upgrade"
 
 
-class Stairway:
+class Stairway(Steps):
     def __init__(self, connection: Any, log: Any) -> None:
+        super().__init__(log)
         self.connection = connection
-        self.log = log
-        self.steps = 0
-        self.failures: list[Failure] = []
-        self.stopped: str | None = None
 
     def _migrate(self, target: tuple[str, str | None]) -> None:
         from django.db.migrations.executor import MigrationExecutor
@@ -52,21 +46,8 @@ class Stairway:
             if self._step(step.id, BACKWARD, functools.partial(self._migrate, back)):
                 self._step(step.id, REFORWARD, forward)
 
-    def _step(self, name: str, direction: str, fn: Callable[[], None]) -> bool:
-        self.steps += 1
-        started = time.monotonic()
-        error: str | None = None
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - a migration can raise anything
-            error = describe_error(exc)
-            dj.end_broken_atomic(self.connection)
-        self.log.info("verify.step", revision=name, direction=direction, ok=error is None,
-                      duration_ms=round((time.monotonic() - started) * 1000))
-        if error is not None:
-            self.failures.append(Failure(name, direction, error))
-            self.log.error("verify.failed", revision=name, direction=direction, error=error)
-        return error is None
+    def _after_error(self) -> None:
+        dj.end_broken_atomic(self.connection)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -33,3 +33,13 @@ def test_the_django_path_never_imports_alembic(tmp_path):
             f"{str(tmp_path)!r}], configure_logging=False)\nimport django.conf\n")
     found = _modules_after(code, str(REPO / "examples" / "django"))
     assert found == {"django"}
+
+
+def test_django_verify_never_imports_alembic():
+    # Its scratch database cannot be made (no server there: exit 7), after the command's
+    # modules are imported.
+    code = ("from runner.main import main\n"
+            "main(['verify', '--framework', 'django', '--settings', 'mysite.settings', "
+            "'--database-url', 'postgresql://nobody@127.0.0.1:1/none', '--connect-timeout', "
+            "'0', '--log-format', 'json'], configure_logging=False)\n")
+    assert "alembic" not in _modules_after(code, str(REPO / "examples" / "django"))
