@@ -185,6 +185,18 @@ def add_lint_argument(parser: argparse.ArgumentParser) -> None:
                              "both (env SAFE_MIGRATE_LINT_RULES)")
 
 
+def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
+    """recover's own flags, the same for every framework."""
+    parser.add_argument("--execute", action="store_true",
+                        help="carry the plan out (after showing it), under the advisory lock")
+    parser.add_argument("--yes", action="store_true",
+                        help="do not ask for confirmation (non-interactive use)")
+    parser.add_argument("--mark-resolved", action="store_true",
+                        help="record that the last unresolved failure was fixed by hand")
+    parser.add_argument("--note", help="with --mark-resolved: what was done (kept in the ledger)")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
 def add_model_changes_argument(parser: argparse.ArgumentParser) -> None:
     """--model-changes, for Django's upgrade and plan (`makemigrations --check`)."""
     parser.add_argument("--model-changes", choices=["error", "warn", "off"],

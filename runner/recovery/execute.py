@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import psycopg
@@ -18,7 +19,15 @@ from runner.db.failures import LOCK_RACE
 from runner.db.lock import AdvisoryLock
 from runner.durations import to_postgres_ms
 from runner.errors import LockBusyError, PreflightError, UsageError
-from runner.recovery.plan import CLEAN_ROLLBACK, Failure, RecoveryPlan, render_markdown
+from runner.frameworks.base import read_source
+from runner.recovery import leftovers
+from runner.recovery.plan import (
+    CLEAN_ROLLBACK,
+    PARTIAL_APPLY,
+    Failure,
+    RecoveryPlan,
+    render_markdown,
+)
 from runner.recovery.runs import PastRun, RunHistory
 from runner.settings import Settings
 
@@ -91,6 +100,28 @@ def show(plan: RecoveryPlan, run: PastRun, origin: str, fmt: str, log: Any) -> N
     log.info("recovery.plan", status=plan.status, stamp_target=plan.stamp_target,
              leftovers=len(plan.leftover_objects), commands=plan.commands,
              run=run.run_id, source=origin)
+
+
+def failure_of(conn: psycopg.Connection[Any], run: PastRun, heads: Callable[[], list[str]],
+               kind: str) -> Failure:
+    """The failure the run recorded; for a run that died inside a `kind` step (it could not
+    record one), what is new since its pre-step record, attributed to the step's code."""
+    if run.recorded_failure is not None:
+        return run.recorded_failure
+    running = run.running
+    path = running.get("path")
+    failure = Failure(
+        run_id=run.run_id, status=PARTIAL_APPLY,
+        failed_revision=running.get("revision"), down_revision=running.get("down_revision"),
+        path=path, heads=heads(),
+        error=f"the run died during {kind} migration {running.get('revision')}")
+    before = run.pre_step
+    if before is None:
+        failure.leftovers_known = False
+        return failure
+    refuse_while_still_running(conn, running)
+    failure.leftovers, failure.unattributed = leftovers.record(conn, before, read_source(path))
+    return failure
 
 
 def refuse_while_still_running(conn: psycopg.Connection[Any], running: dict[str, Any]) -> None:

@@ -22,11 +22,10 @@ from runner.db import catalog
 from runner.db.connect import connect
 from runner.db.lock import AdvisoryLock, lock_key
 from runner.errors import PreflightError
-from runner.frameworks.base import read_source
 from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
 from runner.logging import get_logger
-from runner.recovery import execute, leftovers
+from runner.recovery import execute
 from runner.recovery import plan as core_plan
 from runner.recovery.runs import PastRun, RunHistory, still_open
 from runner.settings import Settings
@@ -66,23 +65,8 @@ class DjangoRecovery:
     def failure_of(self, run: PastRun) -> core_plan.Failure:
         """The recorded failure; for a run that died mid-step, what is new since its
         pre-step record, attributed to the migration's code."""
-        if run.recorded_failure is not None:
-            return run.recorded_failure
-        running = run.running
-        path = running.get("path")
-        failure = core_plan.Failure(
-            run_id=run.run_id, status=core_plan.PARTIAL_APPLY,
-            failed_revision=running.get("revision"), down_revision=running.get("down_revision"),
-            path=path, heads=dj.Applied(self.applied()).heads(),
-            error=f"the run died during non-atomic migration {running.get('revision')}")
-        before = run.pre_step
-        if before is None:
-            failure.leftovers_known = False
-            return failure
-        execute.refuse_while_still_running(self.conn, running)
-        failure.leftovers, failure.unattributed = leftovers.record(self.conn, before,
-                                                                   read_source(path))
-        return failure
+        return execute.failure_of(self.conn, run, lambda: dj.Applied(self.applied()).heads(),
+                                  "non-atomic")
 
     def plan(self, failure: core_plan.Failure, run: PastRun) -> core_plan.RecoveryPlan:
         backwards = None

@@ -28,12 +28,11 @@ from runner.frameworks.alembic.planning.history import applied
 from runner.frameworks.alembic.planning.offline import downgrade_template
 from runner.frameworks.alembic.probe import ProbeResult, probe
 from runner.frameworks.alembic.project import Project, load_project
-from runner.frameworks.base import read_source
 from runner.logging import get_logger
-from runner.recovery import execute, leftovers
+from runner.recovery import execute
 from runner.recovery import plan as recovery
 from runner.recovery.runs import PastRun, RunHistory, still_open
-from runner.settings import Settings
+from runner.settings import Settings, add_recover_arguments
 from runner.urls import psql_url
 
 #: The common options recover reads (runner.settings.add_common_options).
@@ -49,14 +48,7 @@ EXAMPLE = """\
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--execute", action="store_true",
-                        help="carry the plan out (after showing it), under the advisory lock")
-    parser.add_argument("--yes", action="store_true",
-                        help="do not ask for confirmation (non-interactive use)")
-    parser.add_argument("--mark-resolved", action="store_true",
-                        help="record that the last unresolved failure was fixed by hand")
-    parser.add_argument("--note", help="with --mark-resolved: what was done (kept in the ledger)")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
+    add_recover_arguments(parser)
 
 
 class Recovery:
@@ -88,24 +80,9 @@ class Recovery:
     def failure_of(self, run: PastRun) -> recovery.Failure:
         """The run's recorded failure; for a run that died mid-step, recorded now: what is
         new since its pre-step record, attributed to the revision's code."""
-        recorded = run.recorded_failure
-        if recorded is not None:
-            return recorded
-        running = run.running
-        path = running.get("path")
-        failure = recovery.Failure(
-            run_id=run.run_id, status=recovery.PARTIAL_APPLY,
-            failed_revision=running.get("revision"), down_revision=running.get("down_revision"),
-            path=path, heads=_heads_before_step(running.get("down_revision")),
-            error=f"the run died during non-transactional migration {running.get('revision')}")
-        before = run.pre_step
-        if before is None:
-            failure.leftovers_known = False
-            return failure
-        execute.refuse_while_still_running(self.conn, running)
-        failure.leftovers, failure.unattributed = leftovers.record(
-            self.conn, before, read_source(path))
-        return failure
+        return execute.failure_of(
+            self.conn, run, lambda: _heads_before_step(run.running.get("down_revision")),
+            "non-transactional")
 
     def plan(self, failure: recovery.Failure, run: PastRun) -> recovery.RecoveryPlan:
         down = failure.down_revision
