@@ -18,9 +18,8 @@ from typing import Any
 
 import psycopg
 
-from runner.db import catalog
 from runner.db.connect import connect
-from runner.db.lock import AdvisoryLock, lock_key
+from runner.db.lock import AdvisoryLock
 from runner.errors import PreflightError
 from runner.frameworks.django import project as dj
 from runner.frameworks.django import recovery
@@ -85,10 +84,10 @@ class DjangoRecovery:
                                    backwards_sql=backwards)
 
     def lock(self) -> AdvisoryLock:
-        conn = connect(dj.sqlalchemy_url(self.connection), timeout=self.settings.connect_timeout,
-                       application_name=f"safe-migrate-lock {self.settings.run_id}")
-        key = lock_key(catalog.current_database(conn), self.schema, dj.VERSION_TABLE)
-        lock = AdvisoryLock(conn, key, log=self.log, interrupted=threading.Event())
+        lock = AdvisoryLock.open(dj.sqlalchemy_url(self.connection), self.schema,
+                                 dj.VERSION_TABLE, timeout=self.settings.connect_timeout,
+                                 run_id=self.settings.run_id, log=self.log,
+                                 interrupted=threading.Event())
         try:
             lock.acquire(self.settings.advisory_lock_wait)
         except BaseException:

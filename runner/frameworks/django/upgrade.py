@@ -25,7 +25,7 @@ from runner.artifacts import Artifacts
 from runner.db import catalog, objects
 from runner.db.connect import connect, first_line
 from runner.db.failures import LOCK_RACE, ends_transaction, error_info, sqlstate_of
-from runner.db.lock import AdvisoryLock, lock_key
+from runner.db.lock import AdvisoryLock
 from runner.db.monitor import Monitor, sample_interval
 from runner.durations import to_postgres_ms
 from runner.errors import (
@@ -216,10 +216,10 @@ class DjangoUpgrade(UpgradeDriver):
                                       or catalog.server_version(side)))
         self.log.info("database", url=mask(url), server_version=db.server_version,
                       version_table=f"{self.schema}.{dj.VERSION_TABLE}")
-        lock_conn = connect(url, timeout=self.settings.connect_timeout,
-                            application_name=f"safe-migrate-lock {self.settings.run_id}")
-        key = lock_key(catalog.current_database(lock_conn), self.schema, dj.VERSION_TABLE)
-        self.lock = AdvisoryLock(lock_conn, key, log=self.log, interrupted=self.interrupted)
+        self.lock = AdvisoryLock.open(url, self.schema, dj.VERSION_TABLE,
+                                      timeout=self.settings.connect_timeout,
+                                      run_id=self.settings.run_id, log=self.log,
+                                      interrupted=self.interrupted)
         self.lock.acquire(self.settings.advisory_lock_wait)
         self.monitor = Monitor(self.side, self.interrupted,
                                interval=sample_interval(self.settings.lock_timeout))
